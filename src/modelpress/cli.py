@@ -1,0 +1,148 @@
+"""The ``modelpress`` command: argument parsing only; every command calls one Python function.
+
+Bad input (unknown model, missing data, corrupt file, class-count mismatch) prints one line
+``modelpress: error: ...`` and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modelpress import __version__
+from modelpress.core.errors import ModelpressError
+
+EPILOG_TRAIN = """examples:
+  modelpress train --model mlp:1200-1200 --dropout 0.5 --jitter 2 --data fashion-mnist --epochs 20 -o teacher.mpk
+  modelpress train --model lenet5 --data ~/my-mnist-folder --epochs 10 -o lenet5.mpk
+  modelpress train ... -o teacher.mpk --resume      # continue after an interruption
+"""
+
+EPILOG_DISTILL = """examples:
+  modelpress distill --teacher teacher.mpk --student mlp:800-800 --method hinton \\
+      --temperature 4 --alpha 0.9 --data fashion-mnist --epochs 20 -o student.mpk
+  modelpress distill --teacher t1.mpk --teacher t2.mpk --teacher-weights 0.7,0.3 ...   # weighted ensemble
+  modelpress distill --teacher teacher.mpk --method logits --alpha 1 ...               # Ba & Caruana
+  modelpress distill ... --store-mass 0.99 --store-max-classes 90                      # truncated stored targets
+"""
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="NAME|DIR",
+                   help="fashion-mnist, mnist, digits, breast-cancer, wine, mnist1d, or a folder of MNIST-layout IDX files")
+    g.add_argument("--val-size", type=float, default=None, metavar="N",
+                   help="validation examples taken from the training split (count, or fraction if < 1)")
+    g.add_argument("--limit", type=int, default=None, metavar="N", help="use only N training examples (quick runs)")
+    g.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only N validation and test examples")
+    g.add_argument("--seed", type=int, default=0, help="seeds the split, initialisation and training (default 0)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    g.add_argument("--lr", type=float, default=0.05, help="initial learning rate (default 0.05)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--schedule", choices=["constant", "step", "cosine", "exponential"], default="cosine")
+    g.add_argument("--max-norm", type=float, default=None, help="max L2 norm of each unit's incoming weights")
+    g.add_argument("--patience", type=int, default=None, help="early stopping: epochs without validation gain")
+    g.add_argument("--jitter", type=int, default=0, metavar="PIXELS", help="shift training images by up to PIXELS")
+    g.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="FILE.mpk", help="where to write the trained model")
+    p.add_argument("--json", action="store_true", help="print the final measurements as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelpress",
+        description="Make trained classifiers small and fast, with a report of what was gained and lost.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelpress {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model from the zoo", epilog=EPILOG_TRAIN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a zoo architecture on a data set and save it as a .mpk file.")
+    p.add_argument("--model", required=True, metavar="ARCH",
+                   help="mlp:H1-H2-..., lenet300_100, lenet5, vgg_mini[:BASE], mobilenetv2_tiny")
+    p.add_argument("--dropout", type=float, default=None, help="hidden-layer dropout (mlp, vgg_mini)")
+    p.add_argument("--input-dropout", type=float, default=None, help="input dropout (mlp)")
+    _add_data_args(p)
+    _add_train_args(p)
+    _add_output_args(p)
+
+    p = sub.add_parser("distill", help="train a small student from a teacher", epilog=EPILOG_DISTILL,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Distil one teacher (or a weighted ensemble) into a student architecture.")
+    p.add_argument("--teacher", action="append", metavar="FILE.mpk",
+                   help="teacher model file; repeat for an ensemble")
+    p.add_argument("--teacher-weights", default=None, metavar="W1,W2,...", help="ensemble weights (normalised)")
+    p.add_argument("--teacher-store", default=None, metavar="FILE",
+                   help="train from teacher outputs saved earlier with --save-store instead of running a teacher")
+    p.add_argument("--student", required=True, metavar="ARCH", help="student architecture, e.g. mlp:800-800")
+    p.add_argument("--dropout", type=float, default=None, help="student hidden-layer dropout")
+    p.add_argument("--method", choices=["hinton", "logits"], default="hinton",
+                   help="hinton: soft targets at --temperature; logits: L2 regression on logits (Ba & Caruana)")
+    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (hinton; default 4)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher term; 1-alpha weights hard labels")
+    p.add_argument("--no-precompute", action="store_true",
+                   help="run the teacher on every batch instead of storing its outputs once (needed with --jitter)")
+    p.add_argument("--store-mass", type=float, default=1.0, help="keep the top classes covering this probability mass")
+    p.add_argument("--store-max-classes", type=int, default=None, help="but at most this many classes per example")
+    p.add_argument("--save-store", default=None, metavar="FILE", help="also write the stored teacher outputs here")
+    _add_data_args(p)
+    _add_train_args(p)
+    _add_output_args(p)
+
+    p = sub.add_parser("evaluate", help="measure a model file on a data set",
+                       description="Accuracy, errors, parameters, bytes on disk, FLOPs and latency of a model file.")
+    p.add_argument("model", metavar="MODEL", help="a file modelpress wrote (.mpk)")
+    p.add_argument("--data", required=True, metavar="NAME|DIR")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="evaluate on N examples only")
+    p.add_argument("--seed", type=int, default=0, help="split seed (must match training for --split val)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("demo", help="the main job on a built-in default data set",
+                       description="Train a 1200-1200 teacher (dropout + jitter), an 800-800 student alone and the same "
+                                   "student by distillation on Fashion-MNIST (digits when absent), then print the table.")
+    p.add_argument("--quick", action="store_true", help="a one-minute run on a slice of the data")
+    p.add_argument("--output-dir", default="demo-output", help="where models and results go (default demo-output/)")
+    p.add_argument("--data", default=None, metavar="NAME|DIR", help="data set (default fashion-mnist, else digits)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from modelpress import commands
+
+        handler = {"train": commands.cmd_train, "distill": commands.cmd_distill,
+                   "evaluate": commands.cmd_evaluate, "demo": commands.cmd_demo}[args.command]
+        result = handler(args)
+    except ModelpressError as err:
+        print(f"modelpress: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modelpress: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False) and result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

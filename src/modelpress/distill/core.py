@@ -1,0 +1,144 @@
+"""``distill(student, teacher, data, config)``: train a student on a teacher's soft targets and hard labels."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.data.base import DataSplits
+from modelpress.distill.losses import mixed_distillation_loss
+from modelpress.distill.teachers import Teacher, TeacherStore, as_teacher
+from modelpress.train import TrainConfig, TrainResult, train
+
+
+class DistillMethod(str, Enum):
+    HINTON = "hinton"  # soft targets at temperature T (Hinton et al. 2015)
+    LOGITS = "logits"  # L2 regression on logits (Ba & Caruana 2014)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How to distil.
+
+    Args:
+        method: ``hinton`` (soft targets at ``temperature``) or ``logits`` (logit regression).
+        temperature: T of the soft targets; the student is evaluated at T = 1.
+        alpha: weight of the teacher term (the seeds' lambda); ``1 - alpha`` weights the hard labels.
+        train: the training loop's settings.
+    """
+
+    method: DistillMethod = DistillMethod.HINTON
+    temperature: float = 4.0
+    alpha: float = 0.9
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "method", DistillMethod(self.method))
+        except ValueError:
+            allowed = ", ".join(m.value for m in DistillMethod)
+            raise ConfigError(f"method must be one of {allowed}; got {self.method!r}") from None
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive; got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1]; got {self.alpha}")
+
+
+class DistillationObjective:
+    """Training objective ``(model, x, y, idx) -> loss`` that asks ``teacher`` for targets."""
+
+    def __init__(self, teacher: Teacher, config: DistillConfig) -> None:
+        self.teacher = teacher
+        self.config = config
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        teacher_logits = self.teacher(x, idx)  # (B, C), no grad
+        student_logits = model(x)  # (B, C)
+        return mixed_distillation_loss(
+            student_logits, teacher_logits, y,
+            alpha=self.config.alpha, temperature=self.config.temperature, method=self.config.method.value,
+        )
+
+
+def check_compatible(student: nn.Module, teacher: Teacher, x: torch.Tensor, idx: torch.Tensor | None, num_classes: int | None) -> None:
+    """Run both on a few examples and fail early, with a clear message, if they disagree on classes.
+
+    Raises:
+        ShapeError: the student cannot take the inputs, or teacher, student and data differ in class count.
+    """
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            student_out = student(x)
+    except RuntimeError as err:
+        raise ShapeError(f"the student cannot take inputs of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}") from None
+    finally:
+        student.train(was_training)
+    try:
+        teacher_out = teacher(x, idx)
+    except RuntimeError as err:
+        raise ShapeError(f"the teacher cannot take inputs of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}") from None
+    s, t = student_out.shape[-1], teacher_out.shape[-1]
+    if s != t:
+        raise ShapeError(f"class-count mismatch: the teacher predicts {t} classes but the student predicts {s}")
+    if num_classes is not None and s != num_classes:
+        raise ShapeError(f"class-count mismatch: the models predict {s} classes but the data have {num_classes}")
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | Sequence[nn.Module] | Teacher | TeacherStore,
+    data: DataSplits | DataLoader,
+    config: DistillConfig = DistillConfig(),
+    *,
+    val_loader: DataLoader | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Sequence[object] = (),
+    log: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """Train ``student`` to match ``teacher`` (Hinton et al. 2015; Ba & Caruana 2014).
+
+    Args:
+        student: the model to train, in place; logits ``(B, C)``.
+        teacher: an ``nn.Module``, a list of modules (uniform ensemble), an
+            :class:`~modelpress.distill.teachers.EnsembleTeacher` with weights, or a
+            :class:`~modelpress.distill.teachers.TeacherStore` of precomputed outputs for the train split.
+        data: :class:`DataSplits` or a DataLoader of ``(x, y)`` / ``(x, y, index)`` batches.
+        config: method, temperature, alpha and training settings.
+
+    Returns:
+        The trained student (the same object), in eval mode; ``student.distill_result`` holds the
+        :class:`~modelpress.train.TrainResult`.
+
+    Raises:
+        ShapeError: teacher, student and data disagree on the number of classes or input shape.
+
+    Example:
+        >>> student = distill(build_model("mlp:800-800", (1, 28, 28), 10), teacher, splits,
+        ...                   DistillConfig(temperature=4, alpha=0.9))
+    """
+    teacher = as_teacher(teacher)
+    if isinstance(data, DataSplits):
+        x, idx, num_classes = data.x_train[:8], torch.arange(min(8, len(data.y_train))), data.num_classes
+    else:
+        batch = next(iter(data))
+        x, idx, num_classes = batch[0][:8], (batch[2][:8] if len(batch) == 3 else None), None
+    check_compatible(student, teacher, x, idx, num_classes)
+    objective = DistillationObjective(teacher, config)
+    result: TrainResult = train(
+        student, data, config.train, objective=objective, val_loader=val_loader,
+        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=callbacks, log=log,
+        description=f"distill ({config.method.value})",
+    )
+    student.distill_result = result
+    return student

@@ -1,0 +1,15 @@
+"""Model zoo (named architectures) and the ``.mpk`` model file."""
+
+from modelpress.models.io import LoadedModel, load_model, read_model_file, save_model
+from modelpress.models.zoo import MODELS, ModelSpec, build_from_spec, build_model
+
+__all__ = [
+    "MODELS",
+    "LoadedModel",
+    "ModelSpec",
+    "build_from_spec",
+    "build_model",
+    "load_model",
+    "read_model_file",
+    "save_model",
+]

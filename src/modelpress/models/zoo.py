@@ -1,0 +1,286 @@
+"""The model zoo: named architectures built from a spec string, an input shape and a class count.
+
+A spec string is ``name`` or ``name:args``, e.g. ``mlp:1200-1200`` or ``vgg_mini:32``. Every model
+built here carries its :class:`ModelSpec` as ``model.modelpress_spec`` so it can be saved and
+rebuilt without pickling code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.registry import Registry
+
+Builder = Callable[[str, tuple[int, ...], int, dict], nn.Module]
+MODELS: Registry[Builder] = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an architecture: spec string, input shape, classes, options."""
+
+    arch: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelSpec":
+        try:
+            return cls(
+                arch=str(data["arch"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                num_classes=int(data["num_classes"]),
+                options=dict(data.get("options", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"invalid model spec {data!r}: {err}") from None
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
+    """Build a registered architecture.
+
+    Args:
+        arch: spec string such as ``"mlp:1200-1200"``, ``"lenet5"``, ``"vgg_mini"``.
+        input_shape: shape of one example, e.g. ``(1, 28, 28)`` or ``(30,)``.
+        num_classes: number of output logits.
+        **options: architecture options, e.g. ``dropout=0.5`` for ``mlp``.
+
+    Returns:
+        An ``nn.Module`` mapping ``(B, *input_shape)`` to logits ``(B, num_classes)``, with
+        ``modelpress_spec`` set.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones) or bad arguments.
+        ShapeError: the architecture cannot take inputs of ``input_shape``.
+    """
+    name, _, args = arch.partition(":")
+    builder = MODELS.get(name)
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    input_shape = tuple(int(d) for d in input_shape)
+    model = builder(args, input_shape, num_classes, dict(options))
+    model.modelpress_spec = ModelSpec(arch, input_shape, num_classes, dict(options))
+    return model
+
+
+def build_from_spec(spec: ModelSpec) -> nn.Module:
+    """Rebuild the architecture described by ``spec`` (weights freshly initialised)."""
+    return build_model(spec.arch, spec.input_shape, spec.num_classes, **spec.options)
+
+
+def _take_options(name: str, options: dict, allowed: dict) -> dict:
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ConfigError(f"{name} got unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return {key: options.get(key, default) for key, default in allowed.items()}
+
+
+def _require_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ShapeError(f"{name} needs image inputs (C, H, W); the data have shape {input_shape}")
+    return input_shape  # type: ignore[return-value]
+
+
+def _parse_widths(name: str, args: str) -> list[int]:
+    try:
+        widths = [int(w) for w in args.split("-")] if args else []
+    except ValueError:
+        raise ConfigError(f"{name} hidden sizes must look like '1200-1200', got {args!r}") from None
+    if any(w <= 0 for w in widths):
+        raise ConfigError(f"{name} hidden sizes must be positive, got {args!r}")
+    return widths
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU net: flatten -> [Linear -> ReLU -> Dropout] * k -> Linear.
+
+    ``input_dropout`` drops input pixels, as in Hinton et al.'s dropout teacher (they used 0.2).
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float, input_dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, num_classes)
+
+
+@MODELS.register("mlp")
+def _build_mlp(args: str, input_shape, num_classes, options) -> nn.Module:
+    opts = _take_options("mlp", options, {"dropout": 0.0, "input_dropout": 0.0})
+    for key, value in opts.items():
+        if not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"mlp option {key} must be in [0, 1), got {value}")
+    return MLP(math.prod(input_shape), _parse_widths("mlp", args), num_classes, float(opts["dropout"]), float(opts["input_dropout"]))
+
+
+@MODELS.register("lenet300_100")
+def _build_lenet300(args: str, input_shape, num_classes, options) -> nn.Module:
+    """LeNet-300-100 (LeCun et al. 1998), the fully connected net of Han et al.'s Table 1."""
+    if args:
+        raise ConfigError(f"lenet300_100 takes no arguments, got {args!r}")
+    return _build_mlp("300-100", input_shape, num_classes, options)
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5 (20 and 50 5x5 filters, 500 hidden units, 431k weights on 28x28 input).
+
+    This is the variant of Han et al.'s Deep Compression Table 1, not LeCun's 6/16/120/84 net.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 20, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (B, 20, (H-4)/2, .)
+            nn.Conv2d(20, 50, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (B, 50, h, w)
+        )
+        h, w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+        if h < 1 or w < 1:
+            raise ShapeError(f"lenet5 needs images of at least 16x16, got {height}x{width}")
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(50 * h * w, 500), nn.ReLU(inplace=True), nn.Linear(500, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("lenet5")
+def _build_lenet5(args: str, input_shape, num_classes, options) -> nn.Module:
+    if args:
+        raise ConfigError(f"lenet5 takes no arguments, got {args!r}")
+    _take_options("lenet5", options, {})
+    c, h, w = _require_image("lenet5", input_shape)
+    return LeNet5(c, h, w, num_classes)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=True) if groups > 1 or kernel == 1 else nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class VGGMini(nn.Module):
+    """The seeds' deep conv teacher scaled to 28x28: 8 conv (3x3, BatchNorm) + 2 fully connected.
+
+    Channels c, c | 2c, 2c | 4c, 4c | 8c, 8c with 2x2 max-pooling between stages (28 -> 14 -> 7 -> 3).
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int, base: int, hidden: int, dropout: float):
+        super().__init__()
+        stages = [base, 2 * base, 4 * base, 8 * base]
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, cout in enumerate(stages):
+            layers += [_conv_bn(cin, cout), _conv_bn(cout, cout)]
+            if i < len(stages) - 1:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            cin = cout
+        if height < 1 or width < 1:
+            raise ShapeError("vgg_mini needs images of at least 8x8")
+        self.features = nn.Sequential(*layers)  # (B, 8c, H/8, W/8)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(cin * height * width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("vgg_mini")
+def _build_vgg_mini(args: str, input_shape, num_classes, options) -> nn.Module:
+    opts = _take_options("vgg_mini", options, {"hidden": 256, "dropout": 0.3})
+    base = _parse_widths("vgg_mini", args)
+    if len(base) > 1:
+        raise ConfigError(f"vgg_mini takes one base width such as 'vgg_mini:32', got {args!r}")
+    c, h, w = _require_image("vgg_mini", input_shape)
+    return VGGMini(c, h, w, num_classes, base[0] if base else 32, int(opts["hidden"]), float(opts["dropout"]))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 linear bottleneck (+ skip when shapes match)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(_conv_bn(cin, hidden, kernel=1))
+        layers += [
+            _conv_bn(hidden, hidden, stride=stride, groups=hidden),  # depthwise
+            _conv_bn(hidden, cout, kernel=1, act=False),  # linear bottleneck: no ReLU keeps information
+        ]
+        self.block = nn.Sequential(*layers)
+        self.use_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_skip else out
+
+
+class MobileNetV2Tiny(nn.Module):
+    """A MobileNetV2 (Sandler et al. 2018) sized for 28x28: inverted residuals, linear bottlenecks,
+    depthwise-separable convolutions and global average pooling."""
+
+    # (expansion t, channels c, repeats n, first stride s), as in the paper's Table 2
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
+
+    def __init__(self, in_channels: int, num_classes: int, width: float, last_channels: int):
+        super().__init__()
+
+        def scaled(c: int) -> int:
+            return max(8, int(round(c * width / 8)) * 8)
+
+        cin = scaled(16)
+        layers: list[nn.Module] = [_conv_bn(in_channels, cin)]
+        for t, c, n, s in self.SETTINGS:
+            cout = scaled(c)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        layers.append(_conv_bn(cin, last_channels, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)  # (B, last_channels)
+        return self.classifier(x)
+
+
+@MODELS.register("mobilenetv2_tiny")
+def _build_mobilenetv2_tiny(args: str, input_shape, num_classes, options) -> nn.Module:
+    opts = _take_options("mobilenetv2_tiny", options, {"width": 1.0, "last_channels": 256})
+    if args:
+        raise ConfigError(f"mobilenetv2_tiny takes no arguments (use the width option), got {args!r}")
+    if float(opts["width"]) <= 0:
+        raise ConfigError(f"mobilenetv2_tiny width must be positive, got {opts['width']}")
+    c, _, _ = _require_image("mobilenetv2_tiny", input_shape)
+    return MobileNetV2Tiny(c, num_classes, float(opts["width"]), int(opts["last_channels"]))

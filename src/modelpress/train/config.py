@@ -1,0 +1,90 @@
+"""The typed, validated configuration of the one training loop."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+from modelpress.core.errors import ConfigError
+
+
+class OptimizerName(str, Enum):
+    SGD = "sgd"
+    ADAM = "adam"
+    ADAMW = "adamw"
+
+
+class Schedule(str, Enum):
+    CONSTANT = "constant"
+    STEP = "step"
+    COSINE = "cosine"
+    EXPONENTIAL = "exponential"
+
+
+def _enum(cls: type[Enum], value, field_name: str):
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise ConfigError(f"{field_name} must be one of {allowed}; got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimiser, schedule, regularisation, early stopping and seed.
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: examples per step.
+        optimizer: ``sgd`` (with ``momentum``, Nesterov), ``adam`` or ``adamw``.
+        lr: initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (decoupled for ``adamw``).
+        schedule: ``constant``, ``step`` (x ``gamma`` every ``step_size`` epochs), ``cosine`` (to 0
+            over ``epochs``) or ``exponential`` (x ``gamma`` per epoch).
+        max_norm: if set, after every step each unit's incoming weight vector is rescaled to L2 norm
+            at most ``max_norm`` (Srivastava et al.'s max-norm constraint, used with dropout).
+        patience: stop when validation accuracy has not improved for this many epochs, and restore
+            the best weights; ``None`` trains all epochs (and still restores the best epoch if
+            ``restore_best``).
+        restore_best: end with the weights of the epoch with the best validation accuracy.
+        jitter: Hinton et al.'s input jitter: shift training images by up to this many pixels.
+        seed: seeds shuffling, dropout and jitter; the same seed gives the same run.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: OptimizerName = OptimizerName.SGD
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Schedule = Schedule.COSINE
+    step_size: int = 10
+    gamma: float = 0.5
+    max_norm: float | None = None
+    patience: int | None = None
+    restore_best: bool = True
+    jitter: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "optimizer"))
+        object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "step_size": self.step_size}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive; got {value!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError(f"need weight_decay >= 0 and 0 <= momentum < 1; got {self.weight_decay}, {self.momentum}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1]; got {self.gamma}")
+        if self.max_norm is not None and self.max_norm <= 0:
+            raise ConfigError(f"max_norm must be positive or None; got {self.max_norm}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be at least 1 or None; got {self.patience}")
+        if self.jitter < 0:
+            raise ConfigError(f"jitter must be >= 0 pixels; got {self.jitter}")
+
+    def to_json(self) -> dict:
+        """Plain JSON types (enums as their string values)."""
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}

@@ -1,0 +1,155 @@
+"""The CLI end to end on tiny data, and its one-line errors for bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from modelpress.cli import main
+from modelpress.models import build_model, save_model
+
+FAST = ["--epochs", "2", "--batch-size", "64", "--quiet"]
+REQUIRED_KEYS = {"accuracy", "errors", "n", "params", "bytes", "flops", "latency_ms_b1", "latency_ms_b256"}
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_distill_evaluate_on_a_users_own_mnist_folder(tiny_mnist_dir, tmp_path, capsys):
+    data = str(tiny_mnist_dir)
+    teacher = tmp_path / "teacher.mpk"
+    out = run_json(capsys, ["train", "--model", "mlp:64-64", "--dropout", "0.2", "--jitter", "1", "--data", data,
+                            "--val-size", "50", *FAST, "-o", str(teacher), "--json"])
+    assert teacher.exists() and not (tmp_path / "teacher.mpk.ckpt").exists()
+    assert REQUIRED_KEYS <= set(out) and out["n"] == 100
+
+    student = tmp_path / "student.mpk"
+    out = run_json(capsys, ["distill", "--teacher", str(teacher), "--student", "mlp:16", "--method", "hinton",
+                            "--temperature", "4", "--alpha", "0.9", "--data", data, "--val-size", "50", *FAST,
+                            "-o", str(student), "--json", "--save-store", str(tmp_path / "store.st")])
+    assert out["params"] < 784 * 64
+
+    out = run_json(capsys, ["evaluate", str(student), "--data", data, "--json"])
+    assert REQUIRED_KEYS <= set(out)
+    assert out["bytes"] == student.stat().st_size and out["n"] == 100 and 0 <= out["accuracy"] <= 1
+    assert out["errors"] == round((1 - out["accuracy"]) * out["n"])
+
+    # the same data seen through a stored teacher, an ensemble, and logit regression
+    run_json(capsys, ["distill", "--teacher-store", str(tmp_path / "store.st"), "--student", "mlp:16", "--data", data,
+                      "--val-size", "50", *FAST, "-o", str(tmp_path / "s2.mpk"), "--json"])
+    run_json(capsys, ["distill", "--teacher", str(teacher), "--teacher", str(teacher), "--teacher-weights", "0.3,0.7",
+                      "--student", "mlp:16", "--method", "logits", "--lr", "0.005", "--data", data, "--val-size", "50",
+                      "--store-mass", "0.99", "--store-max-classes", "3", *FAST, "-o", str(tmp_path / "s3.mpk"), "--json"])
+
+
+def test_evaluate_prints_a_table_without_json(tiny_mnist_dir, tmp_path, capsys):
+    model = build_model("mlp:8", (1, 28, 28), 10)
+    save_model(model, tmp_path / "m.mpk")
+    assert main(["evaluate", str(tmp_path / "m.mpk"), "--data", str(tiny_mnist_dir), "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| model |") and "errors" in out
+
+
+def one_error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("modelpress: error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_clear_line(tiny_mnist_dir, tmp_path, capsys, monkeypatch):
+    data = str(tiny_mnist_dir)
+    line = one_error_line(capsys, ["train", "--model", "resnet9000", "--data", data, *FAST, "-o", str(tmp_path / "x.mpk")])
+    assert "unknown model 'resnet9000'" in line and "mlp" in line
+
+    line = one_error_line(capsys, ["train", "--model", "mlp:8", "--data", str(tmp_path / "nowhere"), *FAST, "-o", str(tmp_path / "x.mpk")])
+    assert "nowhere" in line
+
+    five_class = tmp_path / "five.mpk"
+    save_model(build_model("mlp:8", (1, 28, 28), 5), five_class)
+    line = one_error_line(capsys, ["distill", "--teacher", str(five_class), "--student", "mlp:8", "--data", data, *FAST,
+                                   "-o", str(tmp_path / "s.mpk")])
+    assert "class-count mismatch" in line and "5" in line and "10" in line
+
+    line = one_error_line(capsys, ["evaluate", str(five_class), "--data", data])
+    assert "class-count mismatch" in line
+
+    corrupt = tmp_path / "corrupt.mpk"
+    corrupt.write_bytes(five_class.read_bytes()[:100])
+    line = one_error_line(capsys, ["evaluate", str(corrupt), "--data", data])
+    assert "corrupt.mpk" in line
+
+    line = one_error_line(capsys, ["train", "--model", "mlp:8", "--data", data, "--epochs", "0", "-o", str(tmp_path / "x.mpk")])
+    assert "epochs must be positive" in line
+
+    teacher = tmp_path / "t.mpk"
+    save_model(build_model("mlp:8", (1, 28, 28), 10), teacher)
+    line = one_error_line(capsys, ["distill", "--teacher", str(teacher), "--student", "mlp:8", "--data", data,
+                                   "--jitter", "2", *FAST, "-o", str(tmp_path / "s.mpk")])
+    assert "--no-precompute" in line
+
+
+def test_missing_registered_data_names_every_place_searched(tmp_path, capsys, monkeypatch):
+    import modelpress.data.mnist as mnist
+
+    monkeypatch.setenv("MODELPRESS_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(mnist, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    assert main(["train", "--model", "mlp:8", "--data", "mnist", *FAST, "-o", str(tmp_path / "x.mpk")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modelpress: error: could not find the mnist data set") and "Traceback" not in err
+    for place in (tmp_path / "env", tmp_path / "home" / ".cache" / "modelpress" / "mnist", tmp_path / "system" / "mnist"):
+        assert str(place) in err
+    assert "MODELPRESS_DATA" in err and "download_mnist" in err
+
+
+def test_interrupted_training_resumes_from_the_checkpoint(tiny_mnist_dir, tmp_path, capsys, monkeypatch):
+    import modelpress.train.loop as loop
+
+    args = ["train", "--model", "mlp:32", "--data", str(tiny_mnist_dir), "--val-size", "50", "--epochs", "3",
+            "--batch-size", "64", "--quiet", "-o", str(tmp_path / "m.mpk"), "--json"]
+    real_validate = loop._validate
+    calls = {"n": 0}
+
+    def crash_on_second_epoch(model, loader):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(model, loader)
+
+    monkeypatch.setattr(loop, "_validate", crash_on_second_epoch)
+    assert main(args) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "m.mpk.ckpt").exists() and not (tmp_path / "m.mpk").exists()
+    monkeypatch.setattr(loop, "_validate", real_validate)
+    resumed = run_json(capsys, args + ["--resume"])
+    uninterrupted = run_json(capsys, args[:-3] + ["-o", str(tmp_path / "u.mpk"), "--json"])
+    assert resumed["errors"] == uninterrupted["errors"] and resumed["loss"] == pytest.approx(uninterrupted["loss"])
+
+
+def test_help_is_available_from_the_installed_command():
+    exe = shutil.which("modelpress") or str(__import__("pathlib").Path(sys.executable).parent / "modelpress")
+    out = subprocess.run([exe, "distill", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--temperature" in out and "examples:" in out
+
+
+def test_demo_quick_runs_on_digits(tmp_path, capsys):
+    # the demo's fallback data set; Fashion-MNIST runs are covered by the benchmark
+    result = run_demo_quick(tmp_path, capsys)
+    names = [row["model"] for row in result["rows"]]
+    assert names == ["teacher", "student alone", "student distilled"]
+    assert all(row["accuracy"] > 0.5 for row in result["rows"])
+    assert (tmp_path / "demo" / "results.md").read_text().startswith("| model |")
+
+
+def run_demo_quick(tmp_path, capsys):
+    from modelpress.demo import run_demo
+
+    return run_demo(data="digits", quick=True, output_dir=str(tmp_path / "demo"), progress=False)
