@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: install
+demo: install data
 	$(BIN)/modelpress demo $(DEMO_ARGS)
 
 test: install
@@ -23,3 +23,11 @@ test: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Fashion-MNIST from Debian's package when it is missing and we may install it (root with apt-get);
+# elsewhere the demo falls back to scikit-learn's digits and says so.
+.PHONY: data
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "could not install dataset-fashion-mnist; the demo will use digits"; \
+	fi

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from modelpress import __version__
 from modelpress.core.errors import ModelpressError
@@ -24,7 +23,7 @@ EPILOG_DISTILL = """examples:
   modelpress distill --teacher teacher.mpk --student mlp:800-800 --method hinton \\
       --temperature 4 --alpha 0.9 --data fashion-mnist --epochs 20 -o student.mpk
   modelpress distill --teacher t1.mpk --teacher t2.mpk --teacher-weights 0.7,0.3 ...   # weighted ensemble
-  modelpress distill --teacher teacher.mpk --method logits --alpha 1 ...               # Ba & Caruana
+  modelpress distill --teacher teacher.mpk --method logits --alpha 1 --optimizer adam --lr 0.001 ...  # Ba & Caruana
   modelpress distill ... --store-mass 0.99 --store-max-classes 90                      # truncated stored targets
 """
 
@@ -50,6 +49,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--schedule", choices=["constant", "step", "cosine", "exponential"], default="cosine")
     g.add_argument("--max-norm", type=float, default=None, help="max L2 norm of each unit's incoming weights")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm to this before each step")
     g.add_argument("--patience", type=int, default=None, help="early stopping: epochs without validation gain")
     g.add_argument("--jitter", type=int, default=0, metavar="PIXELS", help="shift training images by up to PIXELS")
     g.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, metavar="ARCH", help="student architecture, e.g. mlp:800-800")
     p.add_argument("--dropout", type=float, default=None, help="student hidden-layer dropout")
     p.add_argument("--method", choices=["hinton", "logits"], default="hinton",
-                   help="hinton: soft targets at --temperature; logits: L2 regression on logits (Ba & Caruana)")
+                   help="hinton: soft targets at --temperature; logits: L2 regression on logits (Ba & Caruana; "
+                        "its gradients are unbounded: use --optimizer adam --lr 0.001)")
     p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (hinton; default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher term; 1-alpha weights hard labels")
     p.add_argument("--no-precompute", action="store_true",

@@ -36,7 +36,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-        max_norm=args.max_norm, patience=args.patience, jitter=args.jitter, seed=args.seed,
+        max_norm=args.max_norm, grad_clip=args.grad_clip, patience=args.patience, jitter=args.jitter, seed=args.seed,
     )
 
 

@@ -43,7 +43,7 @@ def test_train_distill_evaluate_on_a_users_own_mnist_folder(tiny_mnist_dir, tmp_
     run_json(capsys, ["distill", "--teacher-store", str(tmp_path / "store.st"), "--student", "mlp:16", "--data", data,
                       "--val-size", "50", *FAST, "-o", str(tmp_path / "s2.mpk"), "--json"])
     run_json(capsys, ["distill", "--teacher", str(teacher), "--teacher", str(teacher), "--teacher-weights", "0.3,0.7",
-                      "--student", "mlp:16", "--method", "logits", "--lr", "0.005", "--data", data, "--val-size", "50",
+                      "--student", "mlp:16", "--method", "logits", "--optimizer", "adam", "--lr", "0.001", "--data", data, "--val-size", "50",
                       "--store-mass", "0.99", "--store-max-classes", "3", *FAST, "-o", str(tmp_path / "s3.mpk"), "--json"])
 
 
@@ -53,6 +53,11 @@ def test_evaluate_prints_a_table_without_json(tiny_mnist_dir, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "m.mpk"), "--data", str(tiny_mnist_dir), "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| model |") and "errors" in out
+    from modelpress.distill import build_teacher_store
+
+    build_teacher_store(torch.randn(5, 10)).save(tmp_path / "store.st")
+    assert main(["evaluate", str(tmp_path / "store.st"), "--data", str(tiny_mnist_dir)]) == 2
+    assert "stored teacher outputs, not a model" in capsys.readouterr().err
 
 
 def one_error_line(capsys, argv) -> str:
@@ -128,6 +133,9 @@ def test_interrupted_training_resumes_from_the_checkpoint(tiny_mnist_dir, tmp_pa
     assert main(args) == 130
     assert "--resume" in capsys.readouterr().err
     assert (tmp_path / "m.mpk.ckpt").exists() and not (tmp_path / "m.mpk").exists()
+    # a checkpoint is itself a file `evaluate` understands
+    partial = run_json(capsys, ["evaluate", str(tmp_path / "m.mpk.ckpt"), "--data", str(tiny_mnist_dir), "--no-latency", "--json"])
+    assert partial["arch"] == "mlp:32" and partial["n"] == 100
     monkeypatch.setattr(loop, "_validate", real_validate)
     resumed = run_json(capsys, args + ["--resume"])
     uninterrupted = run_json(capsys, args[:-3] + ["-o", str(tmp_path / "u.mpk"), "--json"])

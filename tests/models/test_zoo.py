@@ -71,8 +71,11 @@ def test_damaged_or_foreign_model_files_are_rejected(tmp_path):
         load_model(truncated)
     foreign = tmp_path / "foreign.mpk"
     foreign.write_bytes(b"PK\x03\x04 definitely a zip file, not ours")
-    with pytest.raises(ModelFileError, match="not a modelpress model file"):
+    with pytest.raises(ModelFileError, match="not a modelpress"):
         load_model(foreign)
+    (tmp_path / "text.mpk").write_text("hello, I am a text file")
+    with pytest.raises(ModelFileError, match="not a modelpress model file"):
+        load_model(tmp_path / "text.mpk")
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "missing.mpk")
     with pytest.raises(ModelFileError, match="no architecture spec"):

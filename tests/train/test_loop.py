@@ -115,3 +115,16 @@ def test_plain_dataloaders_work(tiny_splits):
     model = _model(tiny_splits)
     result = train(model, loader, TrainConfig(epochs=2, optimizer="adam", lr=1e-3), progress=False)
     assert result.epochs_run == 2 and result.best_epoch is None
+
+
+def test_grad_clip_bounds_the_size_of_each_step(tiny_splits):
+    model = _model(tiny_splits)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tiny_splits.x_train, tiny_splits.y_train * 0 + 3),
+                                         batch_size=256)
+    lr, clip = 10.0, 0.01
+    train(model, loader, TrainConfig(epochs=1, lr=lr, momentum=0.0, grad_clip=clip, schedule="constant"), progress=False)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm() <= lr * clip * 1.0001  # one plain SGD step of a clipped gradient
+    with pytest.raises(ConfigError, match="grad_clip must be positive"):
+        TrainConfig(grad_clip=0)

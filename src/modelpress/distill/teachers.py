@@ -8,13 +8,11 @@ classes that carry most of the probability mass, as Geras et al. did for 9000 sp
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from modelpress.core.checkpoint import load_checkpoint
 from modelpress.core.errors import ModelFileError
 from modelpress.core.io import atomic_write
 from modelpress.models.zoo import ModelSpec, build_from_spec
@@ -71,7 +71,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, spec: ModelSpe
 
 
 def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load a ``.mpk`` file into a fresh module (in eval mode) without unpickling anything.
+    """Load a ``.mpk`` file (or a training checkpoint) into a fresh module, in eval mode, without pickle.
 
     Raises:
         ModelFileError: the file is missing, truncated, corrupt, not a modelpress model file, of a
@@ -80,7 +80,12 @@ def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":  # a zip: torch.save's format, i.e. a training checkpoint
+            return _read_checkpoint(path)
     metadata = _read_metadata(path)
+    if metadata.get("format") == "modelpress-teacher-store":
+        raise ModelFileError(f"{path} holds stored teacher outputs, not a model: give it to `distill --teacher-store`")
     if metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a safetensors file but not a modelpress model (no '{FORMAT}' marker)")
     version = int(metadata.get("format_version", "0"))
@@ -103,6 +108,18 @@ def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
         raise ModelFileError(f"{path}: weights do not match architecture {spec.arch!r}: {first}") from None
     model.eval()
     return LoadedModel(model, spec, extra, path)
+
+
+def _read_checkpoint(path: Path) -> LoadedModel:
+    """Rebuild the model of a training checkpoint (``*.ckpt``) that recorded its architecture."""
+    state = load_checkpoint(path)
+    if not state.get("spec"):
+        raise ModelFileError(f"checkpoint {path} does not record its architecture (the model was not built by modelpress)")
+    spec = ModelSpec.from_json(json.loads(state["spec"]))
+    model = build_from_spec(spec)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedModel(model, spec, {"checkpoint_epoch": int(state["epoch"])}, path)
 
 
 def load_model(path: str | os.PathLike[str]) -> nn.Module:

@@ -42,6 +42,9 @@ class TrainConfig:
         weight_decay: L2 penalty (decoupled for ``adamw``).
         schedule: ``constant``, ``step`` (x ``gamma`` every ``step_size`` epochs), ``cosine`` (to 0
             over ``epochs``) or ``exponential`` (x ``gamma`` per epoch).
+        grad_clip: if set, rescale the gradient of all parameters together to global L2 norm at most
+            this before each step (guards against the large early gradients of high-temperature KD
+            and logit regression).
         max_norm: if set, after every step each unit's incoming weight vector is rescaled to L2 norm
             at most ``max_norm`` (Srivastava et al.'s max-norm constraint, used with dropout).
         patience: stop when validation accuracy has not improved for this many epochs, and restore
@@ -61,6 +64,7 @@ class TrainConfig:
     schedule: Schedule = Schedule.COSINE
     step_size: int = 10
     gamma: float = 0.5
+    grad_clip: float | None = None
     max_norm: float | None = None
     patience: int | None = None
     restore_best: bool = True
@@ -78,8 +82,10 @@ class TrainConfig:
             raise ConfigError(f"need weight_decay >= 0 and 0 <= momentum < 1; got {self.weight_decay}, {self.momentum}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1]; got {self.gamma}")
-        if self.max_norm is not None and self.max_norm <= 0:
-            raise ConfigError(f"max_norm must be positive or None; got {self.max_norm}")
+        for name in ("grad_clip", "max_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive or None; got {value}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be at least 1 or None; got {self.patience}")
         if self.jitter < 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from modelpress.core.errors import ConfigError, TrainingDivergedError
 from modelpress.data.base import DataSplits
 from modelpress.data.transforms import RandomShift
-from modelpress.train.checkpoint import load_checkpoint, save_checkpoint
+from modelpress.core.checkpoint import load_checkpoint, save_checkpoint
 from modelpress.train.config import OptimizerName, Schedule, TrainConfig
 
 
@@ -133,8 +132,9 @@ def train(
             loaded and training continues to the same result as an uninterrupted run.
         callbacks: objects with any of ``on_epoch_start(epoch, model)``, ``on_batch_end(step, model)``,
             ``on_epoch_end(epoch, model, metrics)``; pruning masks and schedules hook in here.
-        progress: show a progress bar; ``None`` shows one only on a terminal.
-        log: receives one line per epoch (``None``: stderr when ``progress`` is on, silent otherwise).
+        progress: show a progress bar; ``None`` shows one only on a terminal. ``False`` also silences
+            the per-epoch lines.
+        log: receives one line per epoch (``None``: stderr unless ``progress`` is ``False``).
 
     Returns:
         A :class:`TrainResult`; ``model`` holds the final (or best-validation) weights.
@@ -144,8 +144,8 @@ def train(
         ConfigError: early stopping asked for without validation data, or a mismatched checkpoint.
     """
     show = _show_progress(progress)
-    if log is None:
-        log = (lambda line: print(line, file=sys.stderr)) if show else (lambda line: None)
+    if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
     if isinstance(data, DataSplits):
         train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
         val_loader = data.loader("val", 1024) if len(data.y_val) else None
@@ -153,112 +153,146 @@ def train(
         train_loader = data
     if config.patience is not None and val_loader is None:
         raise ConfigError("patience (early stopping) needs validation data")
-    jitter = RandomShift(config.jitter) if config.jitter else None
 
-    params = list(model.parameters())
-    if isinstance(objective, nn.Module):
-        params += [p for p in objective.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, config)
-    scheduler = _make_scheduler(optimizer, config)
-    result = TrainResult()
-    best_state: dict | None = None
-    bad_epochs = 0
-    start_epoch = 0
+    run = _Run(model, objective, config)
     torch.manual_seed(config.seed)
-
+    start_epoch = 0
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state = load_checkpoint(checkpoint_path)
-        if json.loads(state["config"]) != config.to_json():
-            raise ConfigError(f"checkpoint {checkpoint_path} was written with a different training config; "
-                              "resume with the same settings or delete it to start over")
-        model.load_state_dict(state["model"])
-        if isinstance(objective, nn.Module):
-            objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        result.history = list(state["history"])
-        result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
-        best_state, bad_epochs = state["best_state"], state["bad_epochs"]
-        start_epoch = result.resumed_from_epoch = int(state["epoch"])
+        start_epoch = run.restore(checkpoint_path)
         log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
 
-    step = start_epoch * len(train_loader)
     for epoch in range(start_epoch, config.epochs):
-        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        jitter_gen = torch.Generator().manual_seed(config.seed * 7919 + epoch)
         for cb in callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
-        model.train()
         started = time.perf_counter()
-        loss_sum, seen = 0.0, 0
         bar = tqdm(train_loader, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, disable=not show, file=sys.stderr)
-        for batch in bar:
-            x, y, idx = _split_batch(batch)
-            if jitter is not None:
-                x = jitter(x, jitter_gen)
-            loss = objective(model, x, y, idx)
-            if not torch.isfinite(loss):
-                where = f"{checkpoint_path} (epoch {epoch})" if checkpoint_path and epoch > 0 else "none written yet"
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower the learning rate "
-                    f"(now {optimizer.param_groups[0]['lr']:.3g}). Last good checkpoint: {where}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if config.max_norm is not None:
-                apply_max_norm_(model, config.max_norm)
-            step += 1
-            for cb in callbacks:
-                getattr(cb, "on_batch_end", lambda *a: None)(step, model)
-            loss_sum += loss.item() * y.shape[0]
-            seen += y.shape[0]
-            if show:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        metrics = run.train_epoch(epoch, bar, callbacks, checkpoint_path)
         bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": lr}
         if val_loader is not None:
             metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader)
-            if result.best_val_accuracy is None or metrics["val_accuracy"] > result.best_val_accuracy:
-                result.best_epoch, result.best_val_accuracy = epoch + 1, metrics["val_accuracy"]
-                best_state = copy.deepcopy(model.state_dict())
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
+            run.track_best(epoch, metrics["val_accuracy"])
         metrics["seconds"] = time.perf_counter() - started
-        result.history.append(metrics)
+        run.result.history.append(metrics)
         log(_format_epoch(metrics, config.epochs))
-        stop = config.patience is not None and bad_epochs >= config.patience
+        stop = config.patience is not None and run.bad_epochs >= config.patience
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(),
-                "objective": objective.state_dict() if isinstance(objective, nn.Module) else {},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "epoch": epoch + 1 if not stop else config.epochs,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy,
-                "best_state": best_state,
-                "bad_epochs": bad_epochs,
-                "config": json.dumps(config.to_json()),
-            })
+            run.save(checkpoint_path, finished=stop)
         for cb in callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
         if stop:
-            result.stopped_early = True
+            run.result.stopped_early = True
             log(f"early stopping: no validation improvement for {config.patience} epochs")
             break
 
-    if config.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if config.restore_best and run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.eval()
-    return result
+    return run.result
+
+
+class _Run:
+    """The mutable state of one training run: what a checkpoint holds and what resume restores."""
+
+    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig) -> None:
+        self.model, self.objective, self.config = model, objective, config
+        params = list(model.parameters())
+        if isinstance(objective, nn.Module):  # e.g. a FitNets regressor trained with the student
+            params += [p for p in objective.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = _make_optimizer(params, config)
+        self.scheduler = _make_scheduler(self.optimizer, config)
+        self.jitter = RandomShift(config.jitter) if config.jitter else None
+        self.result = TrainResult()
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.step = 0
+
+    def train_epoch(self, epoch: int, batches, callbacks: Sequence[object], checkpoint_path) -> dict:
+        """One pass over ``batches``; returns the epoch's mean training loss and learning rate."""
+        sampler = getattr(getattr(batches, "iterable", batches), "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        jitter_gen = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+        self.model.train()
+        loss_sum, seen = 0.0, 0
+        for batch in batches:
+            x, y, idx = _split_batch(batch)
+            if self.jitter is not None:
+                x = self.jitter(x, jitter_gen)
+            loss = self.objective(self.model, x, y, idx)
+            if not torch.isfinite(loss):
+                where = f"{checkpoint_path} (epoch {epoch})" if checkpoint_path and epoch > 0 else "none written yet"
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {self.step}; lower the learning rate "
+                    f"(now {self.optimizer.param_groups[0]['lr']:.3g}). Last good checkpoint: {where}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            self.optimizer.step()
+            if self.config.max_norm is not None:
+                apply_max_norm_(self.model, self.config.max_norm)
+            self.step += 1
+            for cb in callbacks:
+                getattr(cb, "on_batch_end", lambda *a: None)(self.step, self.model)
+            loss_sum += loss.item() * y.shape[0]
+            seen += y.shape[0]
+            if hasattr(batches, "set_postfix") and not batches.disable:
+                batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": lr}
+
+    def track_best(self, epoch: int, val_accuracy: float) -> None:
+        """Remember the weights of the best validation epoch; count epochs without improvement."""
+        if self.result.best_val_accuracy is None or val_accuracy > self.result.best_val_accuracy:
+            self.result.best_epoch, self.result.best_val_accuracy = epoch + 1, val_accuracy
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+
+    def save(self, path, *, finished: bool) -> None:
+        """Write everything :meth:`restore` needs to continue exactly where this epoch ended."""
+        spec = getattr(self.model, "modelpress_spec", None)
+        save_checkpoint(path, {
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict() if isinstance(self.objective, nn.Module) else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            # an early-stopped run is complete: resuming it must not train further
+            "epoch": self.config.epochs if finished else self.result.epochs_run,
+            "history": self.result.history,
+            "best_epoch": self.result.best_epoch,
+            "best_val_accuracy": self.result.best_val_accuracy,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "config": json.dumps(self.config.to_json()),
+            "spec": json.dumps(spec.to_json()) if spec else "",  # lets `evaluate` open a checkpoint
+        })
+
+    def restore(self, path) -> int:
+        """Load a checkpoint written by :meth:`save`; returns the epoch to continue from."""
+        state = load_checkpoint(path)
+        if json.loads(state["config"]) != self.config.to_json():
+            raise ConfigError(f"checkpoint {path} was written with a different training config; "
+                              "resume with the same settings or delete it to start over")
+        self.model.load_state_dict(state["model"])
+        if isinstance(self.objective, nn.Module):
+            self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
+        self.result.history = list(state["history"])
+        self.result.best_epoch, self.result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+        self.result.resumed_from_epoch = int(state["epoch"])
+        self.result.stopped_early = len(self.result.history) < int(state["epoch"])
+        return int(state["epoch"])
 
 
 def _format_epoch(metrics: dict, epochs: int) -> str:

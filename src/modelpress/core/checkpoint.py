@@ -1,4 +1,6 @@
-"""Training checkpoints: everything needed to continue a run exactly, written atomically, loaded without pickle."""
+"""Training checkpoints: everything needed to continue a run exactly, written atomically, loaded without pickle.
+
+They live in core because both the training loop (writer) and the model loader (reader) use them."""
 
 from __future__ import annotations
 
