@@ -161,3 +161,16 @@ def run_demo_quick(tmp_path, capsys):
     from modelpress.demo import run_demo
 
     return run_demo(data="digits", quick=True, output_dir=str(tmp_path / "demo"), progress=False)
+
+
+FASHION = __import__("pathlib").Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_demo_quick_on_fashion_mnist_prints_the_seeds_table(tmp_path, capsys):
+    assert main(["demo", "--quick", "--quiet", "--output-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "| student distilled |" in out and "seeds_mnist_errors" in out
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [row["seeds_mnist_errors"] for row in result["rows"]] == [67, 146, 74]
+    assert all(row["n"] == 2000 and row["accuracy"] > 0.6 for row in result["rows"])

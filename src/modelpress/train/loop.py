@@ -131,7 +131,8 @@ def train(
         checkpoint_path: written atomically after every epoch; with ``resume=True`` an existing one is
             loaded and training continues to the same result as an uninterrupted run.
         callbacks: objects with any of ``on_epoch_start(epoch, model)``, ``on_batch_end(step, model)``,
-            ``on_epoch_end(epoch, model, metrics)``; pruning masks and schedules hook in here.
+            ``on_epoch_end(epoch, model, metrics)``; pruning masks and schedules hook in here. One that
+            changes the model until some step sets ``settles_at_step``; only later epochs can be "best".
         progress: show a progress bar; ``None`` shows one only on a terminal. ``False`` also silences
             the per-epoch lines.
         log: receives one line per epoch (``None``: stderr unless ``progress`` is ``False``).
@@ -161,6 +162,9 @@ def train(
         start_epoch = run.restore(checkpoint_path)
         log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
 
+    # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
+    # epochs are not candidates for "best", or restoring them would undo its work
+    settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in callbacks), default=0)
     for epoch in range(start_epoch, config.epochs):
         for cb in callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
@@ -170,7 +174,8 @@ def train(
         bar.close()
         if val_loader is not None:
             metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader)
-            run.track_best(epoch, metrics["val_accuracy"])
+            if run.step >= settle_step:
+                run.track_best(epoch, metrics["val_accuracy"])
         metrics["seconds"] = time.perf_counter() - started
         run.result.history.append(metrics)
         log(_format_epoch(metrics, config.epochs))
@@ -280,7 +285,12 @@ class _Run:
         if json.loads(state["config"]) != self.config.to_json():
             raise ConfigError(f"checkpoint {path} was written with a different training config; "
                               "resume with the same settings or delete it to start over")
-        self.model.load_state_dict(state["model"])
+        _add_missing_masks(self.model, state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ConfigError(f"checkpoint {path} holds a model of another shape or reparametrization "
+                              f"({str(err).splitlines()[0]}); resume with the same model and method") from None
         if isinstance(self.objective, nn.Module):
             self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -293,6 +303,18 @@ class _Run:
         self.result.resumed_from_epoch = int(state["epoch"])
         self.result.stopped_early = len(self.result.history) < int(state["epoch"])
         return int(state["epoch"])
+
+
+def _add_missing_masks(model: nn.Module, state: dict) -> None:
+    """A run that pruned (weight_orig / weight_mask in its checkpoint) resumes into a fresh dense model:
+    give that model the same reparametrization first, so the state loads and the masks stay in force."""
+    from torch.nn.utils import prune as torch_prune
+
+    modules = dict(model.named_modules())
+    for key in state:
+        owner, _, attr = key.rpartition(".")
+        if attr.endswith("_mask") and owner in modules and not hasattr(modules[owner], attr):
+            torch_prune.identity(modules[owner], attr.removesuffix("_mask"))
 
 
 def _format_epoch(metrics: dict, epochs: int) -> str:

@@ -1,0 +1,44 @@
+"""Pruning: magnitude (per layer, threshold, global), activation-based units, and schedules
+(one-shot, iterative, gradual, lottery-ticket rewinding), as masks over ordinary modules."""
+
+from modelpress.prune.magnitude import (
+    Criterion,
+    PruneConfig,
+    SparsityReport,
+    activation_frequency,
+    apply_masks_,
+    compute_masks,
+    effective_weight,
+    is_pruned,
+    make_permanent_,
+    prunable_layers,
+    prune_,
+    sparsity_report,
+)
+from modelpress.prune.schedules import GradualPruning, capture_state, iterative_prune, lottery_ticket, rewind_
+from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, polynomial_sparsity, threshold_mask, unit_mask
+
+__all__ = [
+    "Criterion",
+    "GradualPruning",
+    "PruneConfig",
+    "SparsityReport",
+    "activation_frequency",
+    "apply_masks_",
+    "capture_state",
+    "compute_masks",
+    "effective_weight",
+    "global_magnitude_masks",
+    "is_pruned",
+    "iterative_prune",
+    "lottery_ticket",
+    "magnitude_mask",
+    "make_permanent_",
+    "polynomial_sparsity",
+    "prunable_layers",
+    "prune_",
+    "rewind_",
+    "sparsity_report",
+    "threshold_mask",
+    "unit_mask",
+]
