@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measure a model file on a data set",
                        description="Accuracy, errors, parameters, bytes on disk, FLOPs and latency of a model file.")
-    p.add_argument("model", metavar="MODEL", help="a file modelpress wrote (.mpk)")
+    p.add_argument("model", metavar="MODEL", help="a file modelpress wrote: .mpk model, .ckpt checkpoint or .mpz compressed model")
     p.add_argument("--data", required=True, metavar="NAME|DIR")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--limit-test", type=int, default=None, metavar="N", help="evaluate on N examples only")

@@ -11,7 +11,8 @@ from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
 from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
 from modelpress.measure import markdown_table, measure_model
-from modelpress.models import build_model, read_model_file, save_model
+from modelpress.encode import is_compressed_file, load_compressed
+from modelpress.models import LoadedModel, build_model, read_model_file, save_model
 from modelpress.models.zoo import ModelSpec
 from modelpress.train import TrainConfig, train
 
@@ -131,9 +132,17 @@ def cmd_distill(args: argparse.Namespace) -> dict:
     return _finish(args, student, splits, extra)
 
 
+def read_any_model(path) -> LoadedModel:
+    """A ``.mpk`` model, a training checkpoint or a compressed ``.mpz`` file, told apart by content."""
+    if Path(path).is_file() and is_compressed_file(path):
+        model, spec, extra = load_compressed(path)
+        return LoadedModel(model, spec, extra, Path(path))
+    return read_model_file(path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     """``modelpress evaluate``: every headline figure of one model file on one data split."""
-    loaded = read_model_file(args.model)
+    loaded = read_any_model(args.model)
     splits = load_dataset(args.data, seed=args.seed, limit_test=args.limit_test)
     check_model_fits_data(loaded.spec, splits, str(args.model))
     x, y = splits.split(args.split)

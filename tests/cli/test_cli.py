@@ -47,6 +47,19 @@ def test_train_distill_evaluate_on_a_users_own_mnist_folder(tiny_mnist_dir, tmp_
                       "--store-mass", "0.99", "--store-max-classes", "3", *FAST, "-o", str(tmp_path / "s3.mpk"), "--json"])
 
 
+def test_evaluate_reads_compressed_files_and_reports_their_size_on_disk(tiny_mnist_dir, tmp_path, capsys):
+    from modelpress.encode import save_compressed
+    from modelpress.prune import PruneConfig, prune_
+    from modelpress.quantize import quantize_
+
+    model = build_model("mlp:32", (1, 28, 28), 10)
+    prune_(model, PruneConfig(sparsity=0.9))
+    quantize_(model)
+    save_compressed(model, tmp_path / "m.mpz")
+    out = run_json(capsys, ["evaluate", str(tmp_path / "m.mpz"), "--data", str(tiny_mnist_dir), "--json", "--no-latency"])
+    assert out["bytes"] == (tmp_path / "m.mpz").stat().st_size and out["nonzero_params"] < out["params"] * 0.2
+
+
 def test_evaluate_prints_a_table_without_json(tiny_mnist_dir, tmp_path, capsys):
     model = build_model("mlp:8", (1, 28, 28), 10)
     save_model(model, tmp_path / "m.mpk")

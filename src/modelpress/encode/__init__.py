@@ -1,0 +1,20 @@
+"""Encoding: relative-index sparse storage, Huffman and ANS coding, and the compressed model file."""
+
+from modelpress.encode.container import MAGIC, StreamInfo, is_compressed_file, load_compressed, read_manifest, save_compressed
+from modelpress.encode.huffman import HuffmanStream, canonical_codes, entropy_bits, huffman_lengths
+from modelpress.encode.sparse import from_relative, to_relative
+
+__all__ = [
+    "MAGIC",
+    "HuffmanStream",
+    "StreamInfo",
+    "canonical_codes",
+    "entropy_bits",
+    "from_relative",
+    "huffman_lengths",
+    "is_compressed_file",
+    "load_compressed",
+    "read_manifest",
+    "save_compressed",
+    "to_relative",
+]

@@ -1,0 +1,251 @@
+"""The compressed model file (``.mpz``): Deep Compression's storage format, end to end.
+
+Layout (all integers little-endian)::
+
+    magic "MPRESSZ\\0" | version u16 | reserved u16 | manifest length u32 | manifest (JSON) | payload | SHA-256
+
+The trailing SHA-256 covers every byte before it. The manifest holds the architecture spec and, per
+tensor, its shape, how it is stored, where its bytes are in the payload and their CRC-32. A weight
+with few distinct values (pruned and/or weight-shared) is stored as a codebook of float32 centroids
+plus cluster labels in the relative-index sparse format, each stream Huffman- or ANS-coded, whichever
+is smaller; every other tensor is stored raw. Loading rebuilds the module with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelpress.core.errors import ModelFileError
+from modelpress.core.io import atomic_write
+from modelpress.encode import ans, huffman
+from modelpress.encode.sparse import from_relative, to_relative
+from modelpress.models.zoo import ModelSpec, build_from_spec
+from modelpress.prune.magnitude import effective_weight, prunable_layers
+from modelpress.quantize.sharing import _shared_weight, is_shared
+
+MAGIC = b"MPRESSZ\0"
+VERSION = 1
+_HEADER = struct.Struct("<8sHHI")
+MAX_SHARED_VALUES = 1 << 16
+
+
+@dataclass
+class StreamInfo:
+    """What one coded stream cost: used by reports (bits per symbol beside the entropy)."""
+
+    codec: str
+    n_symbols: int
+    nbytes: int
+    entropy_bits: float
+    huffman_bytes: int
+    ans_bytes: int
+
+
+def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a fresh model of the same spec expects, with pruning/sharing folded in."""
+    state = {}
+    layers = {name: m for name, m in model.named_modules()}
+    for key, value in model.state_dict().items():
+        owner, _, attr = key.rpartition(".")
+        module = layers[owner]
+        if attr in ("weight_orig", "weight_centroids"):
+            weight = _shared_weight(module).detach() if is_shared(module) else effective_weight(module)
+            state[f"{owner}.weight" if owner else "weight"] = weight
+        elif attr not in ("weight_mask", "weight_labels", "weight_keep"):
+            state[key] = value.detach()
+    return state
+
+
+def _code_stream(symbols: np.ndarray, alphabet: int) -> tuple[dict, bytes, StreamInfo]:
+    """Code one integer stream with Huffman and with ANS; keep the smaller."""
+    h = huffman.encode(symbols, alphabet)
+    a = ans.encode(symbols, alphabet)
+    info = StreamInfo("huffman", int(symbols.size), h.nbytes(), huffman.entropy_bits(symbols, alphabet), h.nbytes(), a.nbytes())
+    if a.nbytes() < h.nbytes():
+        info.codec, info.nbytes = "ans", a.nbytes()
+        blob = a.counts.astype("<u4").tobytes() + a.words.astype("<u4").tobytes()
+        return {"codec": "ans", "alphabet": alphabet, "n": int(symbols.size), "words": int(a.words.size)}, blob, info
+    blob = h.lengths.tobytes() + h.block_offsets.astype("<u4").tobytes() + h.data
+    meta = {"codec": "huffman", "alphabet": alphabet, "n": int(symbols.size), "n_bits": h.n_bits, "block": h.block,
+            "blocks": int(h.block_offsets.size), "data_bytes": len(h.data)}
+    return meta, blob, info
+
+
+def _decode_stream(meta: dict, blob: bytes) -> np.ndarray:
+    alphabet, n = int(meta["alphabet"]), int(meta["n"])
+    if meta["codec"] == "ans":
+        expected = 4 * (alphabet + int(meta["words"]))
+        if len(blob) != expected:
+            raise ModelFileError(f"ANS stream has {len(blob)} bytes, expected {expected}")
+        counts = np.frombuffer(blob[: 4 * alphabet], dtype="<u4")
+        return ans.decode(ans.AnsStream(counts, np.frombuffer(blob[4 * alphabet :], dtype="<u4"), n))
+    if meta["codec"] != "huffman":
+        raise ModelFileError(f"unknown codec {meta['codec']!r}")
+    blocks, data_bytes = int(meta["blocks"]), int(meta["data_bytes"])
+    if len(blob) != alphabet + 4 * blocks + data_bytes:
+        raise ModelFileError("Huffman stream has the wrong number of bytes")
+    lengths = np.frombuffer(blob[:alphabet], dtype=np.uint8)
+    offsets = np.frombuffer(blob[alphabet : alphabet + 4 * blocks], dtype="<u4")
+    stream = huffman.HuffmanStream(lengths, blob[alphabet + 4 * blocks :], int(meta["n_bits"]), n, int(meta["block"]), offsets)
+    return huffman.decode(stream)
+
+
+def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
+    """Codebook + sparse labels for a weight with few distinct non-zero values, else None."""
+    flat = weight.detach().float().flatten()
+    values, inverse = torch.unique(flat, return_inverse=True)
+    nonzero_values = values[values != 0]
+    if nonzero_values.numel() > MAX_SHARED_VALUES or nonzero_values.numel() > flat.numel() // 4:
+        return None  # a dense float tensor: raw float32 is smaller
+    # labels: 0 = pruned, i+1 = centroid i
+    centroid_of = torch.full((values.numel(),), 0, dtype=torch.long)
+    centroid_of[values != 0] = torch.arange(1, nonzero_values.numel() + 1)
+    labels = centroid_of[inverse].numpy()
+    gaps, stored = to_relative(labels, index_bits)
+    alphabet = nonzero_values.numel() + 1
+    label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)
+    gap_meta, gap_blob, gap_info = _code_stream(gaps.astype(np.int64), 1 << index_bits)
+    centroids = nonzero_values.numpy().astype("<f4").tobytes()
+    meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "centroids": int(nonzero_values.numel()),
+            "labels": label_meta, "gaps": gap_meta, "parts": [len(centroids), len(label_blob), len(gap_blob)]}
+    return meta, [centroids, label_blob, gap_blob], [label_info, gap_info]
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits: int = 5,
+                    spec: ModelSpec | None = None, extra: dict | None = None) -> dict:
+    """Write ``model`` (pruned and/or weight-shared, or plain) as a compressed file, atomically.
+
+    Args:
+        model: a zoo model, possibly with masks or shared weights still attached.
+        index_bits: bits per relative index (the paper: 8 for conv, 5 for fc; one value here).
+
+    Returns:
+        Per-tensor stats: ``{name: {"kind", "bytes", "streams": [StreamInfo...]}}``.
+    """
+    spec = spec or getattr(model, "modelpress_spec", None)
+    if spec is None:
+        raise ModelFileError("this model has no architecture spec: build it with modelpress.models.build_model")
+    weights = {f"{name}.weight" for name in prunable_layers(model)}
+    entries, blobs, stats, offset = [], [], {}, 0
+    for name, tensor in _effective_state(model).items():
+        encoded = _encode_shared(tensor, index_bits) if name in weights else None
+        if encoded is None:
+            parts = [tensor.detach().contiguous().cpu().numpy().tobytes()]
+            meta, infos = {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, []
+        else:
+            meta, parts, infos = encoded
+        blob = b"".join(parts)
+        entries.append({"name": name, "shape": list(tensor.shape), "offset": offset, "length": len(blob),
+                        "crc32": zlib.crc32(blob), **meta})
+        blobs.append(blob)
+        stats[name] = {"kind": meta["kind"], "bytes": len(blob), "numel": tensor.numel(), "streams": infos}
+        offset += len(blob)
+    manifest = json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
+                           "tensors": entries}).encode()
+    body = _HEADER.pack(MAGIC, VERSION, 0, len(manifest)) + manifest + b"".join(blobs)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(body + hashlib.sha256(body).digest())
+    return stats
+
+
+def is_compressed_file(path: str | os.PathLike[str]) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC)) == MAGIC
+
+
+def read_manifest(path: str | os.PathLike[str]) -> tuple[dict, bytes]:
+    """Verify a compressed file's framing and checksum; return its manifest and payload bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"compressed model {path} does not exist")
+    raw = path.read_bytes()
+    if len(raw) < _HEADER.size + 32 or raw[: len(MAGIC)] != MAGIC:
+        raise ModelFileError(f"{path} is not a modelpress compressed model (bad magic or too short)")
+    magic, version, _, manifest_len = _HEADER.unpack_from(raw)
+    if version > VERSION:
+        raise ModelFileError(f"{path} has format version {version}; this modelpress reads up to {VERSION}: upgrade it")
+    body, digest = raw[:-32], raw[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ModelFileError(f"{path} is corrupt or truncated: its SHA-256 checksum does not match")
+    if _HEADER.size + manifest_len > len(body):
+        raise ModelFileError(f"{path}: manifest length runs past the end of the file")
+    try:
+        manifest = json.loads(body[_HEADER.size : _HEADER.size + manifest_len])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(f"{path}: the manifest is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "modelpress-compressed":
+        raise ModelFileError(f"{path}: not a modelpress compressed manifest")
+    return manifest, body[_HEADER.size + manifest_len :]
+
+
+def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
+    shape = [int(d) for d in entry["shape"]]
+    numel = int(np.prod(shape)) if shape else 1
+    if entry["kind"] == "raw":
+        dtype = getattr(torch, entry["dtype"])
+        if entry["dtype"] not in ("float32", "float16", "float64", "int64", "int32", "bfloat16", "uint8", "bool"):
+            raise ModelFileError(f"unsupported dtype {entry['dtype']!r}")
+        tensor = torch.frombuffer(bytearray(blob), dtype=dtype) if blob else torch.zeros(0, dtype=dtype)
+        if tensor.numel() != numel:
+            raise ModelFileError(f"holds {tensor.numel()} values, its shape needs {numel}")
+        return tensor.reshape(shape).clone()
+    if entry["kind"] != "shared":
+        raise ModelFileError(f"unknown tensor kind {entry['kind']!r}")
+    sizes = [int(s) for s in entry["parts"]]
+    if sum(sizes) != len(blob) or sizes[0] != 4 * int(entry["centroids"]):
+        raise ModelFileError("part sizes do not add up")
+    centroids = np.frombuffer(blob[: sizes[0]], dtype="<f4")
+    stored = _decode_stream(entry["labels"], blob[sizes[0] : sizes[0] + sizes[1]])
+    gaps = _decode_stream(entry["gaps"], blob[sizes[0] + sizes[1] :])
+    labels = from_relative(gaps, stored, numel)
+    if labels.size and labels.max() > centroids.size:
+        raise ModelFileError("a label points past the codebook")
+    values = np.concatenate([np.zeros(1, dtype=np.float32), centroids.astype(np.float32)])[labels]
+    return torch.from_numpy(values).reshape(shape)
+
+
+def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the model stored in a compressed file (eval mode), verifying every checksum.
+
+    Raises:
+        ModelFileError: missing, truncated, corrupt, foreign or newer-version file, named precisely;
+            never an exception from deep inside a decoder.
+    """
+    manifest, payload = read_manifest(path)
+    try:
+        spec = ModelSpec.from_json(manifest["spec"])
+        entries = list(manifest["tensors"])
+    except Exception as err:
+        raise ModelFileError(f"{path}: malformed manifest ({err})") from None
+    state = {}
+    for entry in entries:
+        name = str(entry.get("name", "?")) if isinstance(entry, dict) else "?"
+        try:
+            start, length = int(entry["offset"]), int(entry["length"])
+            blob = payload[start : start + length]
+            if start < 0 or len(blob) != length:
+                raise ModelFileError("its bytes lie outside the payload")
+            if zlib.crc32(blob) != int(entry["crc32"]):
+                raise ModelFileError("CRC-32 mismatch")
+            state[name] = _decode_tensor(entry, blob)
+        except ModelFileError as err:
+            raise ModelFileError(f"{path}: tensor {name}: {err}") from None
+        except Exception as err:  # a well-formed checksum over a malformed manifest: still one clear line
+            raise ModelFileError(f"{path}: tensor {name} is malformed ({type(err).__name__}: {err})") from None
+    model = build_from_spec(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelFileError(f"{path}: tensors do not match architecture {spec.arch!r}: {str(err).splitlines()[0]}") from None
+    model.eval()
+    return model, spec, dict(manifest.get("extra", {}))

@@ -1,0 +1,113 @@
+import hashlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelpress.core.errors import ModelFileError
+from modelpress.encode import load_compressed, read_manifest, save_compressed
+from modelpress.encode.container import _HEADER
+from modelpress.models import build_model
+from modelpress.prune import PruneConfig, prune_
+from modelpress.quantize import QuantizeConfig, finalize_, quantize_
+
+
+def _compressed_model(arch="lenet300_100", shape=(1, 28, 28)):
+    torch.manual_seed(0)
+    model = build_model(arch, shape, 10)
+    prune_(model, PruneConfig(criterion="global", sparsity=0.9))
+    quantize_(model, QuantizeConfig(bits_fc=5, bits_conv=8))
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["lenet300_100", "lenet5"])
+def test_loaded_model_is_bit_identical_and_the_file_is_small(arch, tmp_path):
+    model = _compressed_model(arch)
+    stats = save_compressed(model, tmp_path / "m.mpz")
+    loaded, spec, _ = load_compressed(tmp_path / "m.mpz")
+    finalize_(model)
+    loaded_state = loaded.state_dict()
+    assert set(loaded_state) == set(model.state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded_state[name]), name
+    dense_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert (tmp_path / "m.mpz").stat().st_size * 15 < dense_bytes
+    assert spec.arch == arch and any(s["kind"] == "shared" for s in stats.values())
+
+
+def test_plain_models_round_trip_too(tmp_path):
+    model = build_model("mlp:16", (4,), 3)
+    save_compressed(model, tmp_path / "plain.mpz")
+    loaded, _, _ = load_compressed(tmp_path / "plain.mpz")
+    x = torch.randn(5, 4)
+    assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_truncated_corrupt_foreign_and_future_files_are_rejected(tmp_path):
+    path = tmp_path / "m.mpz"
+    save_compressed(_compressed_model(), path)
+    data = path.read_bytes()
+    cases = {
+        "truncated.mpz": (data[:-100], "checksum"),
+        "flipped.mpz": (data[:500] + bytes([data[500] ^ 1]) + data[501:], "checksum"),
+        "foreign.mpz": (b"PK\x03\x04" + data[4:], "not a modelpress compressed model"),
+        "empty.mpz": (b"", "not a modelpress compressed model"),
+    }
+    body = bytearray(data[:-32])
+    body[8:10] = (99).to_bytes(2, "little")
+    cases["future.mpz"] = (bytes(body) + hashlib.sha256(bytes(body)).digest(), "version 99")
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=message):
+            load_compressed(tmp_path / name)
+
+
+def _resign(body: bytes) -> bytes:
+    return body + hashlib.sha256(body).digest()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(0, 10_000), value=st.integers(0, 255), cut=st.integers(0, 10_000))
+def test_fuzzed_files_fail_with_a_clear_error_never_a_crash(tmp_path, position, value, cut):
+    path = tmp_path / "base.mpz"
+    if not path.exists():
+        save_compressed(_compressed_model("mlp:24", (1, 8, 8)), path)
+    body = bytearray(path.read_bytes()[:-32])
+    # damage the bytes *and* fix the checksum, so the decoder itself must cope
+    body[position % len(body)] = value
+    for damaged in (_resign(bytes(body)), _resign(bytes(body[: cut % len(body)]))):
+        target = tmp_path / "fuzz.mpz"
+        target.write_bytes(damaged)
+        try:
+            load_compressed(target)
+        except ModelFileError:
+            pass
+
+
+def test_manifest_is_readable_without_decoding(tmp_path):
+    save_compressed(_compressed_model(), tmp_path / "m.mpz", extra={"note": "x"})
+    manifest, payload = read_manifest(tmp_path / "m.mpz")
+    assert manifest["extra"] == {"note": "x"} and len(payload) == sum(t["length"] for t in manifest["tensors"])
+    assert _HEADER.size == 16
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_tensor_payloads_reach_the_decoders_and_fail_cleanly(tmp_path, data):
+    """Below the CRC: mutate a shared tensor's bytes directly and call the decoders on them."""
+    from modelpress.encode.container import _decode_tensor
+
+    path = tmp_path / "base.mpz"
+    if not path.exists():
+        save_compressed(_compressed_model("mlp:24", (1, 8, 8)), path)
+    manifest, payload = read_manifest(path)
+    entry = next(t for t in manifest["tensors"] if t["kind"] == "shared")
+    blob = bytearray(payload[entry["offset"] : entry["offset"] + entry["length"]])
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        tensor = _decode_tensor(entry, bytes(blob))
+    except ModelFileError:
+        return
+    assert tensor.shape == tuple(entry["shape"])  # a mutation that still decodes gives a well-formed tensor
