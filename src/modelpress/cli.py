@@ -19,6 +19,12 @@ EPILOG_TRAIN = """examples:
   modelpress train ... -o teacher.mpk --resume      # continue after an interruption
 """
 
+EPILOG_COMPRESS = """examples:
+  modelpress compress lenet300.mpk --data fashion-mnist --sparsity 0.92 --bits fc=5 -o lenet300.mpz
+  modelpress compress lenet5.mpk --data fashion-mnist --quality 1.0 --prune-steps 3 --bits fc=5,conv=8 -o lenet5.mpz
+  modelpress evaluate lenet300.mpz --data fashion-mnist --json      # measured on the file as written
+"""
+
 EPILOG_DISTILL = """examples:
   modelpress distill --teacher teacher.mpk --student mlp:800-800 --method hinton \\
       --temperature 4 --alpha 0.9 --data fashion-mnist --epochs 20 -o student.mpk
@@ -105,6 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     _add_output_args(p)
 
+    p = sub.add_parser("compress", help="Deep Compression: prune, share weights, entropy-code into a .mpz file",
+                       epilog=EPILOG_COMPRESS, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Prune (then retrain), quantize by weight sharing (then fine-tune the centroids) and "
+                                   "Huffman/ANS-code a trained model; writes OUT.mpz and OUT.report.md/.json/.png.")
+    p.add_argument("model", metavar="MODEL", help="a trained .mpk model")
+    g = p.add_argument_group("pruning")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed (default 0.9)")
+    how.add_argument("--quality", type=float, default=None, help="Han et al.'s threshold: remove |w| <= quality x std")
+    g.add_argument("--criterion", choices=["magnitude", "global"], default="magnitude",
+                   help="with --sparsity: per-layer (magnitude) or one threshold for all layers (global)")
+    g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning in N steps (default 1)")
+    g.add_argument("--retrain-epochs", type=int, default=5, help="retraining epochs after each pruning step")
+    g.add_argument("--retrain-lr", type=float, default=0.01)
+    g.add_argument("--batch-size", type=int, default=128, help="batch size of retraining and fine-tuning")
+    g = p.add_argument_group("quantization and coding")
+    g.add_argument("--bits", default="fc=5,conv=8", help="bits per shared weight (default fc=5,conv=8)")
+    g.add_argument("--init", choices=["linear", "density", "random"], default="linear", help="centroid initialisation")
+    g.add_argument("--finetune-epochs", type=int, default=3, help="centroid fine-tuning epochs (0: none)")
+    g.add_argument("--finetune-lr", type=float, default=0.001)
+    g.add_argument("--index-bits", default="fc=5,conv=8", help="bits per relative sparse index")
+    _add_data_args(p)
+    p.add_argument("--quiet", action="store_true")
+    _add_output_args(p)
+
+    p = sub.add_parser("inspect", help="print a compressed file's manifest and per-layer table",
+                       description="Read a .mpz file's manifest (after checking its checksum) and print its per-layer table.")
+    p.add_argument("file", metavar="FILE.mpz")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("evaluate", help="measure a model file on a data set",
                        description="Accuracy, errors, parameters, bytes on disk, FLOPs and latency of a model file.")
     p.add_argument("model", metavar="MODEL", help="a file modelpress wrote: .mpk model, .ckpt checkpoint or .mpz compressed model")
@@ -132,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         from modelpress import commands
 
         handler = {"train": commands.cmd_train, "distill": commands.cmd_distill,
-                   "evaluate": commands.cmd_evaluate, "demo": commands.cmd_demo}[args.command]
+                   "evaluate": commands.cmd_evaluate, "demo": commands.cmd_demo,
+                   "compress": commands.cmd_compress, "inspect": commands.cmd_inspect}[args.command]
         result = handler(args)
     except ModelpressError as err:
         print(f"modelpress: error: {err}", file=sys.stderr)

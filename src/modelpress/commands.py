@@ -10,8 +10,13 @@ from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
 from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
-from modelpress.measure import markdown_table, measure_model
-from modelpress.encode import is_compressed_file, load_compressed
+from modelpress.measure import markdown_table, measure_model, write_json
+from modelpress.measure.plots import plot_weight_histograms
+from modelpress.pipeline import DeepCompressionConfig, deep_compress
+from modelpress.prune import PruneConfig
+from modelpress.quantize import QuantizeConfig
+from modelpress.encode import is_compressed_file, load_compressed, read_manifest
+from modelpress.encode.report import LAYER_COLUMNS, LAYER_HEADERS, layer_rows
 from modelpress.models import LoadedModel, build_model, read_model_file, save_model
 from modelpress.models.zoo import ModelSpec
 from modelpress.train import TrainConfig, train
@@ -159,3 +164,76 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 
     return run_demo(data=args.data, quick=args.quick, output_dir=args.output_dir, seed=args.seed,
                     progress=False if args.quiet else None, out=sys.stdout)
+
+
+def parse_layer_bits(text: str, option: str) -> dict[str, int]:
+    """``"fc=5,conv=8"`` -> ``{"fc": 5, "conv": 8}``; a bare number applies to both."""
+    if text.strip().isdigit():
+        return {"fc": int(text), "conv": int(text)}
+    result = {"fc": 5, "conv": 8}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("fc", "conv") or not value.strip().isdigit():
+            raise ConfigError(f"{option} must look like 'fc=5,conv=8' (keys fc and conv, integer values); got {text!r}")
+        result[key.strip()] = int(value)
+    return result
+
+
+def cmd_compress(args: argparse.Namespace) -> dict:
+    """``modelpress compress``: the three Deep Compression stages, the file, and its report."""
+    loaded = read_model_file(args.model)
+    splits = load_data_from_args(args)
+    check_model_fits_data(loaded.spec, splits, str(args.model))
+    _say(args, f"data: {splits.describe()}")
+    if args.quality is not None:
+        prune = PruneConfig(criterion="threshold", quality=args.quality)
+    else:
+        prune = PruneConfig(criterion=args.criterion, sparsity=0.9 if args.sparsity is None else args.sparsity)
+    bits, index_bits = parse_layer_bits(args.bits, "--bits"), parse_layer_bits(args.index_bits, "--index-bits")
+    config = DeepCompressionConfig(
+        prune=prune, prune_steps=args.prune_steps,
+        prune_retrain=TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, batch_size=args.batch_size,
+                                  seed=args.seed) if args.retrain_epochs else None,
+        quantize=QuantizeConfig(bits_fc=bits["fc"], bits_conv=bits["conv"], init=args.init, seed=args.seed),
+        quantize_retrain=(TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
+                                      schedule="constant", seed=args.seed)
+                          if args.finetune_epochs else None),
+        index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
+    )
+    seed_everything(args.seed)
+    result = deep_compress(loaded.model, splits, config, args.output, progress=_progress(args))
+    report = write_compression_report(result, Path(args.output), title=f"{loaded.spec.arch} on {splits.name}")
+    _say(args, report)
+    summary = result.summary_rows()
+    return {"output": str(args.output), "reference_error_percent": summary[0]["error_percent"],
+            "compressed_error_percent": summary[-1]["error_percent"], "bytes": result.compressed["bytes"],
+            "rate": summary[-1]["rate"], "layers": result.layers}
+
+
+def write_compression_report(result, output: Path, title: str) -> str:
+    """``OUT.report.md`` (summary + per-layer tables), ``OUT.report.json`` and ``OUT.hist.png``."""
+    base = output.with_suffix("")
+    summary = markdown_table(result.summary_rows(), ["model", "error_percent", "bytes", "rate"],
+                             ["Model", "Top-1 error (%)", "Bytes", "Compress rate"])
+    layers = markdown_table(result.layers, LAYER_COLUMNS, LAYER_HEADERS)
+    text = f"# Deep Compression: {title}\n\n{summary}\n{layers}\nHistograms: {base.name}.hist.png\n"
+    Path(f"{base}.report.md").write_text(text)
+    write_json(f"{base}.report.json", {"summary": result.summary_rows(), "layers": result.layers,
+                                       "reference": result.reference, "pruned": result.pruned, "compressed": result.compressed})
+    plot_weight_histograms(result.histograms, f"{base}.hist.png")
+    return text
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict:
+    """``modelpress inspect``: manifest and per-layer table of a compressed file, without decoding it."""
+    manifest, payload = read_manifest(args.file)
+    rows = layer_rows(manifest)
+    info = {"file": str(args.file), "bytes": Path(args.file).stat().st_size, "arch": manifest["spec"]["arch"],
+            "input_shape": manifest["spec"]["input_shape"], "num_classes": manifest["spec"]["num_classes"],
+            "tensors": len(manifest["tensors"]), "payload_bytes": len(payload), "extra": manifest.get("extra", {}),
+            "layers": rows}
+    if not args.json:
+        print(f"{info['file']}: {info['arch']}, {info['bytes']:,} bytes ({info['payload_bytes']:,} payload), "
+              f"{info['tensors']} tensors, checksum OK")
+        print(markdown_table(rows, LAYER_COLUMNS, LAYER_HEADERS), end="")
+    return info

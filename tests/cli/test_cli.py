@@ -187,3 +187,36 @@ def test_demo_quick_on_fashion_mnist_prints_the_seeds_table(tmp_path, capsys):
     result = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [row["seeds_mnist_errors"] for row in result["rows"]] == [67, 146, 74]
     assert all(row["n"] == 2000 and row["accuracy"] > 0.6 for row in result["rows"])
+
+
+def test_compress_inspect_evaluate_on_tiny_data(tiny_mnist_dir, tmp_path, capsys):
+    data = str(tiny_mnist_dir)
+    model = tmp_path / "lenet.mpk"
+    run_json(capsys, ["train", "--model", "mlp:64-32", "--data", data, "--val-size", "50", *FAST, "-o", str(model), "--json"])
+    out = run_json(capsys, ["compress", str(model), "--data", data, "--val-size", "50", "--sparsity", "0.9",
+                            "--bits", "fc=4", "--retrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "64",
+                            "--quiet", "-o", str(tmp_path / "lenet.mpz"), "--json"])
+    assert out["bytes"] == (tmp_path / "lenet.mpz").stat().st_size and out["rate"] > 15
+    for suffix in (".report.md", ".report.json", ".hist.png"):
+        assert (tmp_path / f"lenet{suffix}").stat().st_size > 100
+    assert "Compress rate" in (tmp_path / "lenet.report.md").read_text()
+
+    info = run_json(capsys, ["inspect", str(tmp_path / "lenet.mpz"), "--json"])
+    assert info["arch"] == "mlp:64-32" and info["bytes"] == out["bytes"] and len(info["layers"]) >= 3
+    assert main(["inspect", str(tmp_path / "lenet.mpz")]) == 0
+    assert "checksum OK" in capsys.readouterr().out
+
+    evaluated = run_json(capsys, ["evaluate", str(tmp_path / "lenet.mpz"), "--data", data, "--json", "--no-latency"])
+    assert evaluated["bytes"] == out["bytes"]
+    assert evaluated["errors"] == round(out["compressed_error_percent"] * evaluated["n"] / 100)
+
+
+def test_compress_rejects_malformed_bit_specs(tiny_mnist_dir, tmp_path, capsys):
+    model = tmp_path / "m.mpk"
+    save_model(build_model("mlp:8", (1, 28, 28), 10), model)
+    line = one_error_line(capsys, ["compress", str(model), "--data", str(tiny_mnist_dir), "--bits", "fc=five",
+                                   "-o", str(tmp_path / "m.mpz")])
+    assert "--bits" in line and "fc=5,conv=8" in line
+    corrupt = tmp_path / "bad.mpz"
+    corrupt.write_bytes(b"MPZ\x00" + b"\x01" * 40)
+    assert "bad.mpz" in one_error_line(capsys, ["inspect", str(corrupt)])

@@ -2,7 +2,10 @@
 
 Layout (all integers little-endian)::
 
-    magic "MPRESSZ\\0" | version u16 | reserved u16 | manifest length u32 | manifest (JSON) | payload | SHA-256
+    magic "MPRESSZ\\0" | version u16 | flags u16 | manifest length u32 | manifest | payload | SHA-256
+
+The manifest is JSON, zlib-compressed when flag bit 0 is set (the writer always sets it: on a small
+model the JSON would otherwise be a noticeable share of the file).
 
 The trailing SHA-256 covers every byte before it. The manifest holds the architecture spec and, per
 tensor, its shape, how it is stored, where its bytes are in the payload and their CRC-32. A weight
@@ -37,6 +40,7 @@ MAGIC = b"MPRESSZ\0"
 VERSION = 1
 _HEADER = struct.Struct("<8sHHI")
 MAX_SHARED_VALUES = 1 << 16
+FLAG_ZLIB_MANIFEST = 1
 
 
 @dataclass
@@ -116,18 +120,20 @@ def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[by
     label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)
     gap_meta, gap_blob, gap_info = _code_stream(gaps.astype(np.int64), 1 << index_bits)
     centroids = nonzero_values.numpy().astype("<f4").tobytes()
-    meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "centroids": int(nonzero_values.numel()),
+    meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "kept": int((labels > 0).sum()),
+            "centroids": int(nonzero_values.numel()),
             "labels": label_meta, "gaps": gap_meta, "parts": [len(centroids), len(label_blob), len(gap_blob)]}
     return meta, [centroids, label_blob, gap_blob], [label_info, gap_info]
 
 
-def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits: int = 5,
+def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits_fc: int = 5, index_bits_conv: int = 8,
                     spec: ModelSpec | None = None, extra: dict | None = None) -> dict:
     """Write ``model`` (pruned and/or weight-shared, or plain) as a compressed file, atomically.
 
     Args:
         model: a zoo model, possibly with masks or shared weights still attached.
-        index_bits: bits per relative index (the paper: 8 for conv, 5 for fc; one value here).
+        index_bits_fc: bits per relative index of fully connected layers (the paper: 5).
+        index_bits_conv: the same for convolutions (the paper: 8).
 
     Returns:
         Per-tensor stats: ``{name: {"kind", "bytes", "streams": [StreamInfo...]}}``.
@@ -135,10 +141,11 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
     spec = spec or getattr(model, "modelpress_spec", None)
     if spec is None:
         raise ModelFileError("this model has no architecture spec: build it with modelpress.models.build_model")
-    weights = {f"{name}.weight" for name in prunable_layers(model)}
+    index_bits = {f"{name}.weight": index_bits_fc if isinstance(m, nn.Linear) else index_bits_conv
+                  for name, m in prunable_layers(model).items()}
     entries, blobs, stats, offset = [], [], {}, 0
     for name, tensor in _effective_state(model).items():
-        encoded = _encode_shared(tensor, index_bits) if name in weights else None
+        encoded = _encode_shared(tensor, index_bits[name]) if name in index_bits else None
         if encoded is None:
             parts = [tensor.detach().contiguous().cpu().numpy().tobytes()]
             meta, infos = {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, []
@@ -150,9 +157,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
         blobs.append(blob)
         stats[name] = {"kind": meta["kind"], "bytes": len(blob), "numel": tensor.numel(), "streams": infos}
         offset += len(blob)
-    manifest = json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
-                           "tensors": entries}).encode()
-    body = _HEADER.pack(MAGIC, VERSION, 0, len(manifest)) + manifest + b"".join(blobs)
+    manifest = zlib.compress(json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
+                                         "tensors": entries}, separators=(",", ":")).encode(), 9)
+    body = _HEADER.pack(MAGIC, VERSION, FLAG_ZLIB_MANIFEST, len(manifest)) + manifest + b"".join(blobs)
     with atomic_write(path) as tmp:
         tmp.write_bytes(body + hashlib.sha256(body).digest())
     return stats
@@ -171,7 +178,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[dict, bytes]:
     raw = path.read_bytes()
     if len(raw) < _HEADER.size + 32 or raw[: len(MAGIC)] != MAGIC:
         raise ModelFileError(f"{path} is not a modelpress compressed model (bad magic or too short)")
-    magic, version, _, manifest_len = _HEADER.unpack_from(raw)
+    magic, version, flags, manifest_len = _HEADER.unpack_from(raw)
     if version > VERSION:
         raise ModelFileError(f"{path} has format version {version}; this modelpress reads up to {VERSION}: upgrade it")
     body, digest = raw[:-32], raw[-32:]
@@ -180,9 +187,10 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[dict, bytes]:
     if _HEADER.size + manifest_len > len(body):
         raise ModelFileError(f"{path}: manifest length runs past the end of the file")
     try:
-        manifest = json.loads(body[_HEADER.size : _HEADER.size + manifest_len])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelFileError(f"{path}: the manifest is not valid JSON") from None
+        text = body[_HEADER.size : _HEADER.size + manifest_len]
+        manifest = json.loads(zlib.decompress(text) if flags & FLAG_ZLIB_MANIFEST else text)
+    except (json.JSONDecodeError, UnicodeDecodeError, zlib.error):
+        raise ModelFileError(f"{path}: the manifest is not valid (compressed) JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "modelpress-compressed":
         raise ModelFileError(f"{path}: not a modelpress compressed manifest")
     return manifest, body[_HEADER.size + manifest_len :]

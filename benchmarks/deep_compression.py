@@ -1,0 +1,396 @@
+"""Reproduce the seeds' Deep Compression Table 1 rows (Han, Mao & Dally 2016) on Fashion-MNIST.
+
+For LeNet-300-100 and LeNet-5: train the reference, prune with Han et al.'s per-layer sparsities
+(iteratively, retraining between steps), share weights by k-means (fine-tuning the centroids), code
+with Huffman/ANS into a .mpz file, load the file back and measure it. Then push the rate (fewer
+weights kept, fewer bits) while the validation error stays within 0.1 points of the reference, and
+report every step of that ladder. Also: Figure 6 (accuracy vs rate for pruning only, quantization
+only and both, on LeNet-300-100), the centroid initialisations (linear / density / random), and
+codec speed and bits per symbol beside the entropy.
+
+    python benchmarks/deep_compression.py             # full run, ~40 min on 2 CPU threads
+    python benchmarks/deep_compression.py --quick     # smoke test on a slice
+
+Writes benchmarks/results/deep_compression.{json,md} and the PNGs beside them. Reference and pruned
+models are cached in runs/deep_compression/ so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modelpress.data import load_dataset
+from modelpress.encode import huffman, read_manifest, to_relative
+from modelpress.encode import ans
+from modelpress.measure import count_params, evaluate_accuracy, markdown_table, write_json
+from modelpress.measure.plots import plot_accuracy_vs_rate, plot_weight_histograms
+from modelpress.models import build_model, load_model, save_model
+from modelpress.pipeline import DeepCompressionConfig, deep_compress
+from modelpress.prune import PruneConfig, make_permanent_, prunable_layers, prune_
+from modelpress.quantize import QuantizeConfig, finalize_, quantize_
+from modelpress.train import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+SEEDS_TABLE_1 = {  # the seeds' MNIST rows: error %, size KB, rate
+    "lenet300_100": {"ref_error": 1.64, "ref_kb": 1070, "error": 1.58, "kb": 27, "rate": 40},
+    "lenet5": {"ref_error": 0.80, "ref_kb": 1720, "error": 0.74, "kb": 44, "rate": 39},
+}
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """One network of Table 1 and Han et al.'s per-layer settings for it (their Tables 2 and 3)."""
+
+    arch: str
+    reference: TrainConfig
+    sparsity: dict  # module name -> fraction removed
+    bits_fc: int
+    bits_conv: int
+    index_bits_conv: int
+    retrain_epochs: int  # after each of the pruning steps
+    finetune_epochs: int
+
+
+RECIPES = {
+    "lenet300_100": ModelRecipe(
+        "lenet300_100", TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
+        {"net.1": 0.92, "net.3": 0.91, "net.5": 0.74}, bits_fc=6, bits_conv=8, index_bits_conv=8,
+        retrain_epochs=5, finetune_epochs=4),
+    "lenet5": ModelRecipe(
+        "lenet5", TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4),
+        {"features.0": 0.34, "features.3": 0.88, "classifier.1": 0.92, "classifier.3": 0.81}, bits_fc=5, bits_conv=8,
+        index_bits_conv=5, retrain_epochs=3, finetune_epochs=3),
+}
+# The push: keep this share of Han's surviving weights, with these bits (fc, conv).
+LADDER = [(0.75, 5, 6), (0.5, 4, 5), (0.35, 4, 4), (0.25, 3, 4), (0.18, 3, 3)]
+ALLOWED_LOSS_PP = 0.1
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def error_percent(model, x, y) -> float:
+    return 100 * (1 - evaluate_accuracy(model, x, y).accuracy)
+
+
+def scaled_sparsity(sparsity: dict, keep_scale: float) -> dict:
+    return {name: 1 - (1 - s) * keep_scale for name, s in sparsity.items()}
+
+
+def prune_stage(model, data, recipe: ModelRecipe, sparsity: dict, steps: int, seed: int):
+    """Han's iterative pruning: three steps up to the per-layer sparsities, retraining after each."""
+    retrain = TrainConfig(epochs=recipe.retrain_epochs, lr=0.01, weight_decay=1e-4, seed=seed)
+    for step in range(1, steps + 1):
+        prune_(model, PruneConfig(sparsity=0.0, layer_sparsity={k: v * step / steps for k, v in sparsity.items()}))
+        train(model, data, retrain, progress=False, description=f"prune step {step}")
+    return make_permanent_(model)
+
+
+def cached_model(path: Path, make):
+    if path.exists():
+        log(f"reusing {path}")
+        return load_model(path)
+    model = make()
+    save_model(model, path)
+    return model
+
+
+def compress_pruned(pruned_path: Path, data, recipe: ModelRecipe, bits_fc: int, bits_conv: int, out: Path, seed: int,
+                    init: str = "linear"):
+    """Quantize + fine-tune + encode a cached pruned model; measured on the file read back."""
+    config = DeepCompressionConfig(
+        prune=None, prune_retrain=None,
+        quantize=QuantizeConfig(bits_fc=bits_fc, bits_conv=bits_conv, init=init, seed=seed),
+        quantize_retrain=TrainConfig(epochs=recipe.finetune_epochs, lr=0.001, schedule="constant", weight_decay=0, seed=seed),
+        index_bits_fc=5, index_bits_conv=recipe.index_bits_conv)
+    return deep_compress(load_model(pruned_path), data, config, out, progress=False)
+
+
+def table1_row(name: str, recipe_name: str, result, data, ref_val_error: float) -> dict:
+    loaded = result.loaded_model
+    return {
+        "network": recipe_name, "model": name,
+        "test_error_percent": 100 * (1 - result.compressed["accuracy"]),
+        "val_error_percent": error_percent(loaded, data.x_val, data.y_val),
+        "bytes": result.compressed["bytes"], "rate": result.reference["dense_bytes"] / result.compressed["bytes"],
+        "kept_percent": 100 * result.pruned["kept_params"] / result.reference["params"],
+        "ref_val_error_percent": ref_val_error,
+    }
+
+
+def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, prune_steps: int, ladder: list):
+    """Reference, Han's settings, and the push ladder for one network."""
+    torch.manual_seed(seed)
+    reference = cached_model(runs / f"{recipe.arch}-ref.mpk", lambda: _train_reference(recipe, data, seed))
+    ref = {"test_error_percent": error_percent(reference, data.x_test, data.y_test),
+           "val_error_percent": error_percent(reference, data.x_val, data.y_val),
+           "params": count_params(reference), "dense_bytes": 4 * count_params(reference)}
+    log(f"{recipe.arch} reference: test error {ref['test_error_percent']:.2f}%, {ref['dense_bytes']:,} bytes")
+
+    rows, results = [], []
+    for keep_scale, bits_fc, bits_conv in [(1.0, recipe.bits_fc, recipe.bits_conv), *ladder]:
+        sparsity = scaled_sparsity(recipe.sparsity, keep_scale)
+        tag = f"keep{keep_scale:g}"
+        pruned_path = runs / f"{recipe.arch}-pruned-{tag}.mpk"
+        cached_model(pruned_path, lambda s=sparsity: prune_stage(load_model(runs / f"{recipe.arch}-ref.mpk"), data, recipe,
+                                                                   s, prune_steps, seed))
+        started = time.perf_counter()
+        result = compress_pruned(pruned_path, data, recipe, bits_fc, bits_conv, runs / f"{recipe.arch}-{tag}.mpz", seed)
+        name = "Han's settings" if keep_scale == 1.0 else f"{keep_scale:g}x Han's kept weights, {bits_fc}/{bits_conv} bits"
+        row = table1_row(name, recipe.arch, result, data, ref["val_error_percent"])
+        row.update(bits_fc=bits_fc, bits_conv=bits_conv, seconds=time.perf_counter() - started,
+                   within_budget_val=row["val_error_percent"] <= ref["val_error_percent"] + ALLOWED_LOSS_PP,
+                   within_budget_test=row["test_error_percent"] <= ref["test_error_percent"] + ALLOWED_LOSS_PP)
+        rows.append(row)
+        results.append(result)
+        log(f"  {name}: test error {row['test_error_percent']:.2f}% (val {row['val_error_percent']:.2f}%), "
+            f"{row['bytes']:,} bytes, {row['rate']:.1f}x")
+    # the pushed model is chosen on the validation split, so the test error it reports is not selected on
+    chosen = max((r for r in rows if r["within_budget_val"]), key=lambda r: r["rate"], default=None)
+    return ref, rows, results, chosen
+
+
+def _train_reference(recipe: ModelRecipe, data, seed: int):
+    torch.manual_seed(seed)
+    model = build_model(recipe.arch, data.input_shape, data.num_classes)
+    train(model, data, replace(recipe.reference, seed=seed), progress=False, description=f"{recipe.arch} reference")
+    return model
+
+
+def storage_bits(model, *, bits: int | None, index_bits: int = 5) -> float:
+    """Bits to store the weight layers (biases raw), before entropy coding: Han's P, Q and P+Q."""
+    total = 0.0
+    for module in prunable_layers(model).values():
+        w = module.weight.detach().flatten().numpy()
+        total += 32 * (module.bias.numel() if module.bias is not None else 0)
+        if (w == 0).mean() > 0:  # sparse: relative indices, with fillers
+            gaps, _ = to_relative((w != 0).astype(np.int64), index_bits)
+            total += gaps.size * (index_bits + (bits if bits else 32)) + (32 << bits if bits else 0)
+        else:
+            total += w.size * (bits if bits else 32) + (32 << bits if bits else 0)
+    return total
+
+
+def figure6(data, runs: Path, recipe: ModelRecipe, seed: int, out_png: Path, epochs: int, quick: bool) -> dict:
+    """Accuracy against compression rate: pruning only, quantization only, both (Han's Figure 6).
+
+    Rates are of the weight layers before entropy coding (as in the paper's figure); each point is
+    retrained for ``epochs`` after its stage.
+    """
+    ref_path = runs / f"{recipe.arch}-ref.mpk"
+    reference = load_model(ref_path)
+    dense = storage_bits(reference, bits=None)
+    ref_acc = evaluate_accuracy(reference, data.x_test, data.y_test).accuracy
+    retrain = TrainConfig(epochs=epochs, lr=0.01, weight_decay=1e-4, seed=seed)
+    finetune = TrainConfig(epochs=epochs, lr=0.001, schedule="constant", seed=seed)
+    sparsities = [0.5, 0.8, 0.9, 0.95] if quick else [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+    bit_grid = [8, 4, 2] if quick else [8, 6, 5, 4, 3, 2, 1]
+    curves = {"pruning only": [], "quantization only": [], "pruning + quantization": []}
+
+    for s in sparsities:
+        model = load_model(ref_path)
+        prune_(model, PruneConfig(sparsity=s))
+        train(model, data, retrain, progress=False)
+        make_permanent_(model)
+        acc = evaluate_accuracy(model, data.x_test, data.y_test).accuracy
+        curves["pruning only"].append((dense / storage_bits(model, bits=None), acc))
+        for bits in ([5, 3] if quick else [5, 4, 3, 2]):
+            shared = load_model(ref_path)
+            shared.load_state_dict(model.state_dict())
+            quantize_(shared, QuantizeConfig(bits_fc=bits, bits_conv=bits, seed=seed))
+            train(shared, data, finetune, progress=False)
+            finalize_(shared)
+            curves["pruning + quantization"].append(
+                (dense / storage_bits(shared, bits=bits), evaluate_accuracy(shared, data.x_test, data.y_test).accuracy))
+    for bits in bit_grid:
+        model = load_model(ref_path)
+        quantize_(model, QuantizeConfig(bits_fc=bits, bits_conv=bits, seed=seed))
+        train(model, data, finetune, progress=False)
+        finalize_(model)
+        curves["quantization only"].append((dense / storage_bits(model, bits=bits),
+                                            evaluate_accuracy(model, data.x_test, data.y_test).accuracy))
+    # the figure shows each method's best accuracy at each rate: the Pareto front of its points
+    fronts = {label: _pareto(points) for label, points in curves.items()}
+    plot_accuracy_vs_rate(fronts, out_png, reference_accuracy=ref_acc,
+                          title=f"{recipe.arch} on {data.name}: accuracy vs compression rate")
+    return {"reference_accuracy": ref_acc, "points": curves, "retrain_epochs": epochs}
+
+
+def _pareto(points):
+    front, best = [], -1.0
+    for rate, acc in sorted(points, key=lambda p: -p[0]):
+        if acc > best:
+            front.append((rate, acc))
+            best = acc
+    return sorted(front)
+
+
+def init_comparison(data, runs: Path, recipe: ModelRecipe, seed: int, bits_list: list[int], finetune_epochs: int) -> list[dict]:
+    """Test error of the pruned model after weight sharing with each centroid initialisation."""
+    pruned_path = runs / f"{recipe.arch}-pruned-keep1.mpk"
+    rows = []
+    for bits in bits_list:
+        row = {"network": recipe.arch, "bits": bits}
+        for init in ("linear", "density", "random"):
+            model = load_model(pruned_path)
+            quantize_(model, QuantizeConfig(bits_fc=bits, bits_conv=bits, init=init, seed=seed))
+            row[f"{init}_no_finetune"] = error_percent(model, data.x_test, data.y_test)
+            train(model, data, TrainConfig(epochs=finetune_epochs, lr=0.001, schedule="constant", seed=seed), progress=False)
+            row[f"{init}_finetuned"] = error_percent(model, data.x_test, data.y_test)
+        rows.append(row)
+        log(f"  init comparison {recipe.arch} {bits} bits: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
+                                                                        if isinstance(v, float)))
+    return rows
+
+
+def codec_speed(result, repeats: int) -> list[dict]:
+    """Encode/decode speed of the largest layer's label and index streams, and bits/symbol vs entropy.
+
+    Speed is in millions of symbols per second (= MB/s of one-byte symbols), median of ``repeats``.
+    """
+    manifest, _ = read_manifest(result.path)
+    loaded = result.loaded_model
+    layer, module = max(prunable_layers(loaded).items(), key=lambda kv: kv[1].weight.numel())
+    entry = next(t for t in manifest["tensors"] if t["name"] == f"{layer}.weight")
+    w = module.weight.detach().flatten()
+    values, inverse = torch.unique(w, return_inverse=True)
+    labels = torch.zeros(values.numel(), dtype=torch.long)
+    labels[values != 0] = torch.arange(1, int((values != 0).sum()) + 1)
+    gaps, stored = to_relative(labels[inverse].numpy(), int(entry["index_bits"]))
+    # tile the streams to ~4M symbols so the timing is not dominated by per-call overhead
+    rows = []
+    for stream_name, symbols, alphabet in (("weight labels", stored, int(entry["centroids"]) + 1),
+                                           ("relative indices", gaps, 1 << int(entry["index_bits"]))):
+        tiled = np.tile(symbols.astype(np.int64), max(1, 4_000_000 // max(symbols.size, 1)))
+        for codec, enc, dec, nbytes in (("huffman", huffman.encode, huffman.decode, lambda s: s.nbytes()),
+                                        ("ans", ans.encode, ans.decode, lambda s: s.nbytes())):
+            encode_s, decode_s = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                coded = enc(tiled, alphabet)
+                t1 = time.perf_counter()
+                decoded = dec(coded)
+                t2 = time.perf_counter()
+                encode_s.append(t1 - t0)
+                decode_s.append(t2 - t1)
+            assert np.array_equal(decoded, tiled), f"{codec} round trip failed"
+            rows.append({"layer": layer, "stream": stream_name, "codec": codec, "symbols": int(tiled.size),
+                         "bits_per_symbol": 8 * nbytes(coded) / tiled.size,
+                         "entropy_bits": huffman.entropy_bits(tiled, alphabet),
+                         "encode_msym_s": tiled.size / np.median(encode_s) / 1e6,
+                         "decode_msym_s": tiled.size / np.median(decode_s) / 1e6})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--networks", default="lenet300_100,lenet5")
+    parser.add_argument("--prune-steps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default="runs/deep_compression", help="cache of trained models")
+    parser.add_argument("--quick", action="store_true", help="a slice of the data and 1 epoch per stage")
+    parser.add_argument("--out", default=str(RESULTS / "deep_compression"), help="output path without extension")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    data = load_dataset(args.data, seed=args.seed, val_size=5000 if not args.quick else 500,
+                        limit=3000 if args.quick else None, limit_test=1000 if args.quick else None)
+    runs = Path(args.runs) / ("quick" if args.quick else "full")
+    runs.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"data: {data.describe()}")
+
+    recipes = {name: RECIPES[name] for name in args.networks.split(",")}
+    if args.quick:
+        recipes = {n: replace(r, reference=replace(r.reference, epochs=2), retrain_epochs=1, finetune_epochs=1)
+                   for n, r in recipes.items()}
+    ladder = LADDER[:2] if args.quick else LADDER
+
+    table1, ladders, init_rows, report = [], {}, [], {"networks": {}}
+    codec_rows = []
+    for name, recipe in recipes.items():
+        ref, rows, results, chosen = run_network(recipe, data, runs, args.seed, args.prune_steps, ladder)
+        han = rows[0]
+        seeds = SEEDS_TABLE_1.get(name)
+        table1 += [
+            {"network": name, "model": "reference", "test_error_percent": ref["test_error_percent"],
+             "bytes": ref["dense_bytes"], "rate": 1.0},
+            {**han, "model": "compressed, Han's settings"},
+        ]
+        if chosen is not None and chosen is not han:
+            table1.append({**chosen, "model": f"compressed, pushed ({chosen['model']})"})
+        if seeds:
+            table1 += [{"network": name, "model": "seeds (MNIST): reference", "test_error_percent": seeds["ref_error"],
+                        "bytes": seeds["ref_kb"] * 1000, "rate": 1.0},
+                       {"network": name, "model": "seeds (MNIST): compressed", "test_error_percent": seeds["error"],
+                        "bytes": seeds["kb"] * 1000, "rate": seeds["rate"]}]
+        ladders[name] = rows
+        han_result = results[0]
+        histograms_png = out.parent / f"deep_compression_{name}_hist.png"
+        plot_weight_histograms(han_result.histograms, histograms_png)
+        report["networks"][name] = {"reference": ref, "ladder": rows, "chosen": chosen, "han_layers": han_result.layers,
+                                    "chosen_layers": results[rows.index(chosen)].layers if chosen is not None else None}
+        log("init comparison")
+        init_rows += init_comparison(data, runs, recipe, args.seed, [2, 3] if args.quick else [2, 3, 4], 1)
+        codec_rows += codec_speed(han_result, 3 if args.quick else 7)
+
+    log("figure 6")
+    fig6_png = out.parent / "deep_compression_figure6.png"
+    report["figure6"] = figure6(data, runs, recipes.get("lenet300_100", next(iter(recipes.values()))), args.seed, fig6_png,
+                                1 if args.quick else 3, args.quick)
+
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    report.update(table1=table1, init=init_rows, codec=codec_rows, data=data.describe(), machine=machine,
+                  command="python benchmarks/deep_compression.py" + (" --quick" if args.quick else ""))
+    write_json(f"{out}.json", report)
+
+    md = ["# Deep Compression on " + data.name, "",
+          "Table 1 form: test error of the file as loaded back; size = dense float32 weights for the reference, file "
+          "bytes on disk for compressed models. The pushed row is the highest-rate step of the ladder whose "
+          f"*validation* error is within {ALLOWED_LOSS_PP} points of the reference's.", "",
+          markdown_table(table1, ["network", "model", "test_error_percent", "bytes", "rate"],
+                         ["Network", "Model", "Top-1 error (%)", "Size (bytes)", "Compress rate"])]
+    for name, rows in ladders.items():
+        md += [f"## {name}: the push", "",
+               markdown_table(rows, ["model", "kept_percent", "test_error_percent", "val_error_percent", "bytes", "rate",
+                                     "within_budget_val"],
+                              ["Setting", "Weights kept (%)", "Test error (%)", "Val error (%)", "Bytes", "Rate",
+                               "Val within budget"]),
+               f"Reference: test error {report['networks'][name]['reference']['test_error_percent']:.2f}%, "
+               f"val error {report['networks'][name]['reference']['val_error_percent']:.2f}%.", "",
+               f"### {name}: per layer, Han's settings", "",
+               markdown_table(report["networks"][name]["han_layers"],
+                              ["layer", "weights", "kept_percent", "weight_bits_pq", "weight_bits_pqh", "index_bits_pq",
+                               "index_bits_pqh", "rate_pq", "rate_pqh"],
+                              ["Layer", "#Weights", "Weights% (P)", "Weight bits (P+Q)", "Weight bits (P+Q+H)",
+                               "Index bits (P+Q)", "Index bits (P+Q+H)", "Rate (P+Q)", "Rate (P+Q+H)"])]
+    md += ["## Centroid initialisation (test error %, pruned model, Han's sparsities)", "",
+           markdown_table(init_rows, ["network", "bits", "linear_no_finetune", "density_no_finetune", "random_no_finetune",
+                                      "linear_finetuned", "density_finetuned", "random_finetuned"],
+                          ["Network", "Bits", "Linear", "Density", "Random", "Linear, fine-tuned", "Density, fine-tuned",
+                           "Random, fine-tuned"]),
+           "## Codecs on the largest layer (stream tiled to ~4M symbols)", "",
+           markdown_table(codec_rows, ["layer", "stream", "codec", "bits_per_symbol", "entropy_bits", "encode_msym_s",
+                                       "decode_msym_s"],
+                          ["Layer", "Stream", "Codec", "Bits/symbol", "Entropy (bits)", "Encode (M sym/s)",
+                           "Decode (M sym/s)"]),
+           f"Figure 6: `{fig6_png.name}`; weight histograms: `deep_compression_<network>_hist.png`.", "",
+           f"{data.describe()}; seed {args.seed}; {machine}.", f"Command: `{report['command']}`", ""]
+    Path(f"{out}.md").write_text("\n".join(md))
+    log("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Deep Compression end to end on tiny data: the file on disk is what the result reports."""
+
+import pytest
+import torch
+
+from modelpress.core.errors import ConfigError
+from modelpress.encode import load_compressed
+from modelpress.models import build_model
+from modelpress.pipeline import DeepCompressionConfig, deep_compress
+from modelpress.prune import PruneConfig
+from modelpress.quantize import QuantizeConfig
+from modelpress.train import TrainConfig, train
+
+
+def trained_mlp(splits):
+    torch.manual_seed(0)
+    model = build_model("mlp:64-32", splits.input_shape, splits.num_classes)
+    train(model, splits, TrainConfig(epochs=4, batch_size=32, lr=0.05, seed=0), progress=False)
+    return model
+
+
+def test_three_stages_write_a_file_whose_size_and_accuracy_are_reported(tiny_splits, tmp_path):
+    splits = tiny_splits
+    model = trained_mlp(splits)
+    config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.8), prune_steps=2,
+                                   prune_retrain=TrainConfig(epochs=1, batch_size=32, lr=0.01, seed=0),
+                                   quantize=QuantizeConfig(bits_fc=4),
+                                   quantize_retrain=TrainConfig(epochs=1, batch_size=32, lr=0.001, schedule="constant", seed=0))
+    result = deep_compress(model, splits, config, tmp_path / "m.mpz", progress=False)
+
+    assert result.compressed["bytes"] == (tmp_path / "m.mpz").stat().st_size
+    assert result.reference["accuracy"] > 0.8 and result.compressed["accuracy"] > 0.8
+    assert result.pruned["rate_dense_over_kept"] > 3  # 80% of the weights gone, biases kept
+    summary = result.summary_rows()
+    assert summary[-1]["rate"] == pytest.approx(result.reference["dense_bytes"] / result.compressed["bytes"])
+    assert summary[-1]["rate"] > 8
+
+    # every weight layer is in the per-layer table, with at most 2^4 shared values
+    assert [row["layer"] for row in result.layers] == [f"{name}.weight" for name in result.histograms]
+    for weights, centroids in result.histograms.values():
+        assert centroids.size <= 16 and weights.size > centroids.size
+
+    # the file loads back into the very weights the pipeline ended with
+    loaded, _, _ = load_compressed(tmp_path / "m.mpz")
+    for (name, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(loaded.state_dict().items())):
+        assert torch.equal(a, b), name
+    distinct = torch.unique(loaded.state_dict()[result.layers[0]["layer"]])
+    assert len(distinct) <= 17  # 16 centroids and the pruned zero
+
+
+def test_threshold_pruning_grows_step_by_step_and_bad_steps_are_refused(tiny_splits, tmp_path):
+    splits = tiny_splits
+    one_shot = deep_compress(trained_mlp(splits), splits,
+                             DeepCompressionConfig(prune=PruneConfig(criterion="threshold", quality=1.0), prune_retrain=None,
+                                                   quantize_retrain=None), tmp_path / "a.mpz", progress=False)
+    kept = one_shot.pruned["kept_params"]
+    assert 0.2 < kept / one_shot.reference["params"] < 0.7  # |w| <= 1 std removes about 2/3 of a bell curve
+    with pytest.raises(ConfigError, match="prune_steps"):
+        DeepCompressionConfig(prune_steps=0)
