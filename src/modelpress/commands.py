@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
 from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
@@ -16,7 +17,8 @@ from modelpress.pipeline import DeepCompressionConfig, deep_compress
 from modelpress.prune import PruneConfig
 from modelpress.quantize import QuantizeConfig
 from modelpress.encode import is_compressed_file, load_compressed, read_manifest
-from modelpress.encode.report import LAYER_COLUMNS, LAYER_HEADERS, layer_rows
+from modelpress.encode.report import (BUDGET_COLUMNS, BUDGET_HEADERS, LAYER_COLUMNS, LAYER_HEADERS, budget_rows,
+                                      byte_budget, layer_rows)
 from modelpress.models import LoadedModel, build_model, read_model_file, save_model
 from modelpress.models.zoo import ModelSpec
 from modelpress.train import TrainConfig, train
@@ -195,10 +197,11 @@ def cmd_compress(args: argparse.Namespace) -> dict:
         prune_retrain=TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, batch_size=args.batch_size,
                                   seed=args.seed) if args.retrain_epochs else None,
         quantize=QuantizeConfig(bits_fc=bits["fc"], bits_conv=bits["conv"], init=args.init, seed=args.seed),
-        quantize_retrain=(TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
-                                      schedule="constant", seed=args.seed)
+        quantize_retrain=(TrainConfig(epochs=args.finetune_epochs, optimizer="adam", lr=args.finetune_lr,
+                                      batch_size=args.batch_size, schedule="constant", seed=args.seed)
                           if args.finetune_epochs else None),
         index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
+        self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
     )
     seed_everything(args.seed)
     result = deep_compress(loaded.model, splits, config, args.output, progress=_progress(args))
@@ -216,10 +219,15 @@ def write_compression_report(result, output: Path, title: str) -> str:
     summary = markdown_table(result.summary_rows(), ["model", "error_percent", "bytes", "rate"],
                              ["Model", "Top-1 error (%)", "Bytes", "Compress rate"])
     layers = markdown_table(result.layers, LAYER_COLUMNS, LAYER_HEADERS)
-    text = f"# Deep Compression: {title}\n\n{summary}\n{layers}\nHistograms: {base.name}.hist.png\n"
-    Path(f"{base}.report.md").write_text(text)
+    budget = byte_budget(result.stream_stats, result.compressed["bytes"])
+    where = markdown_table(budget_rows(budget), BUDGET_COLUMNS, BUDGET_HEADERS)
+    text = (f"# Deep Compression: {title}\n\n{summary}\n{layers}\nWhere the bytes go (each coded stream takes the "
+            f"smaller of Huffman and ANS):\n\n{where}\nHistograms: {base.name}.hist.png\n")
+    with atomic_write(f"{base}.report.md") as tmp:
+        tmp.write_text(text)
     write_json(f"{base}.report.json", {"summary": result.summary_rows(), "layers": result.layers,
-                                       "reference": result.reference, "pruned": result.pruned, "compressed": result.compressed})
+                                       "reference": result.reference, "pruned": result.pruned, "compressed": result.compressed,
+                                       "byte_budget": budget})
     plot_weight_histograms(result.histograms, f"{base}.hist.png")
     return text
 

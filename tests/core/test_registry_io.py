@@ -26,3 +26,19 @@ def test_atomic_write_replaces_whole_file_or_nothing(tmp_path):
     with atomic_write(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_an_existing_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "new.bin") as tmp:
+            tmp.write_bytes(b"x")
+        assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+        (tmp_path / "new.bin").chmod(0o640)
+        with atomic_write(tmp_path / "new.bin") as tmp:
+            tmp.write_bytes(b"y")
+        assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

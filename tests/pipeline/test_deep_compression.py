@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from modelpress.core.errors import ConfigError
+from modelpress.distill import DistillConfig
 from modelpress.encode import load_compressed
+from modelpress.encode.report import budget_rows, byte_budget
 from modelpress.models import build_model
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
 from modelpress.prune import PruneConfig
@@ -40,6 +42,12 @@ def test_three_stages_write_a_file_whose_size_and_accuracy_are_reported(tiny_spl
     for weights, centroids in result.histograms.values():
         assert centroids.size <= 16 and weights.size > centroids.size
 
+    # the byte budget adds up to the file, and no stream beats its entropy
+    budget = byte_budget(result.stream_stats, result.compressed["bytes"])
+    assert budget_rows(budget)[-1]["bytes"] == result.compressed["bytes"] and budget["overhead"] > 0
+    for stream in ("labels", "indices"):
+        assert budget[f"{stream}_entropy"] <= budget[f"{stream}_bytes"] == min(budget[f"{stream}_huffman"], budget[f"{stream}_ans"])
+
     # the file loads back into the very weights the pipeline ended with
     loaded, _, _ = load_compressed(tmp_path / "m.mpz")
     for (name, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(loaded.state_dict().items())):
@@ -57,3 +65,16 @@ def test_threshold_pruning_grows_step_by_step_and_bad_steps_are_refused(tiny_spl
     assert 0.2 < kept / one_shot.reference["params"] < 0.7  # |w| <= 1 std removes about 2/3 of a bell curve
     with pytest.raises(ConfigError, match="prune_steps"):
         DeepCompressionConfig(prune_steps=0)
+
+
+def test_self_distillation_learns_from_the_uncompressed_model(tiny_splits, tmp_path):
+    model = trained_mlp(tiny_splits)
+    reference_logits = model(tiny_splits.x_test).detach()
+    config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.7),
+                                   prune_retrain=TrainConfig(epochs=1, batch_size=32, lr=0.01, seed=0),
+                                   quantize_retrain=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-4, seed=0),
+                                   self_distill=DistillConfig(temperature=2.0, alpha=0.9))
+    result = deep_compress(model, tiny_splits, config, tmp_path / "kd.mpz", progress=False)
+    assert result.compressed["accuracy"] > 0.8
+    agreement = (result.loaded_model(tiny_splits.x_test).argmax(1) == reference_logits.argmax(1)).float().mean()
+    assert agreement > 0.9

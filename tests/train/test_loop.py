@@ -128,3 +128,17 @@ def test_grad_clip_bounds_the_size_of_each_step(tiny_splits):
     assert (after - before).norm() <= lr * clip * 1.0001  # one plain SGD step of a clipped gradient
     with pytest.raises(ConfigError, match="grad_clip must be positive"):
         TrainConfig(grad_clip=0)
+
+
+def test_training_that_only_hurts_hands_back_the_starting_weights(tiny_splits):
+    model = build_model("mlp:16", tiny_splits.input_shape, tiny_splits.num_classes)
+    train(model, tiny_splits, TrainConfig(epochs=3, batch_size=32), progress=False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def anti_objective(m, x, y, idx):  # gradient ascent on the loss: every epoch is worse than none
+        return -torch.nn.functional.cross_entropy(m(x), y)
+
+    result = train(model, tiny_splits, TrainConfig(epochs=2, batch_size=32, lr=0.05, grad_clip=1.0),
+                   objective=anti_objective, progress=False)
+    assert result.best_epoch == 0
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())

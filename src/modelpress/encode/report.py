@@ -49,3 +49,52 @@ LAYER_COLUMNS = ["layer", "weights", "kept_percent", "weight_bits_pq", "weight_b
                  "index_bits_pqh", "rate_pq", "rate_pqh"]
 LAYER_HEADERS = ["Layer", "#Weights", "Weights% (P)", "Weight bits (P+Q)", "Weight bits (P+Q+H)", "Index bits (P+Q)",
                  "Index bits (P+Q+H)", "Compress rate (P+Q)", "Compress rate (P+Q+H)"]
+
+
+def byte_budget(stats: dict, file_bytes: int) -> dict:
+    """Where a compressed file's bytes go, beside the entropy floor of its coded streams.
+
+    Args:
+        stats: what :func:`~modelpress.encode.save_compressed` returned for the file.
+        file_bytes: the file's size on disk.
+
+    Returns:
+        Bytes of ``labels`` and ``indices`` (as coded, as pure Huffman, as pure ANS, and their
+        empirical-entropy floor), ``codebooks``, ``raw`` tensors, and ``overhead`` (header, manifest and
+        checksum; each stream's own code table counts in its bytes); ``floor_bytes`` is the file with both streams at their entropy.
+    """
+    budget = {f"{stream}_{what}": 0.0 for stream in ("labels", "indices") for what in ("bytes", "huffman", "ans", "entropy")}
+    budget.update(codebooks=0, raw=0)
+    for tensor in stats.values():
+        if tensor["kind"] != "shared":
+            budget["raw"] += tensor["bytes"]
+            continue
+        stream_bytes = 0
+        for stream, info in zip(("labels", "indices"), tensor["streams"]):
+            budget[f"{stream}_bytes"] += info.nbytes
+            budget[f"{stream}_huffman"] += info.huffman_bytes
+            budget[f"{stream}_ans"] += info.ans_bytes
+            budget[f"{stream}_entropy"] += info.entropy_bits * info.n_symbols / 8
+            stream_bytes += info.nbytes
+        budget["codebooks"] += tensor["bytes"] - stream_bytes
+    coded = budget["labels_bytes"] + budget["indices_bytes"]
+    budget["overhead"] = file_bytes - coded - budget["codebooks"] - budget["raw"]
+    budget["floor_bytes"] = file_bytes - coded + budget["labels_entropy"] + budget["indices_entropy"]
+    budget["file_bytes"] = file_bytes
+    return budget
+
+
+BUDGET_COLUMNS = ["part", "bytes", "huffman", "ans", "entropy"]
+BUDGET_HEADERS = ["Part", "Bytes (as written)", "All Huffman", "All ANS", "Entropy floor"]
+
+
+def budget_rows(budget: dict) -> list[dict]:
+    """:func:`byte_budget` as table rows: the coded streams under each codec, then the fixed parts."""
+    rows = [{"part": "weight labels" if s == "labels" else "relative indices",
+             **{what: budget[f"{s}_{what}"] for what in ("bytes", "huffman", "ans", "entropy")}}
+            for s in ("labels", "indices")]
+    for part, key in (("codebooks (float32 centroids)", "codebooks"), ("raw tensors (biases, unshared)", "raw"),
+                      ("header, manifest, checksum", "overhead")):
+        rows.append({"part": part, **{what: budget[key] for what in ("bytes", "huffman", "ans", "entropy")}})
+    rows.append({"part": "file", **{what: sum(r[what] for r in rows) for what in ("bytes", "huffman", "ans", "entropy")}})
+    return rows

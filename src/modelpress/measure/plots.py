@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from modelpress.core.io import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -15,6 +17,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str | os.PathLike[str]) -> None:
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
 
 
 def plot_weight_histograms(layers: Mapping[str, tuple[np.ndarray, np.ndarray | None]], path: str | os.PathLike[str]) -> None:
@@ -37,32 +46,38 @@ def plot_weight_histograms(layers: Mapping[str, tuple[np.ndarray, np.ndarray | N
         ax.set_title(f"{name} ({values.size:,} non-zero)", fontsize=9)
         ax.set_xlabel("weight value")
     axes[0][0].set_ylabel("count")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_accuracy_vs_rate(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike[str], *,
-                          reference_accuracy: float | None = None, title: str = "") -> None:
-    """Han et al.'s Figure 6: accuracy loss against compression rate, one line per method.
+                          reference_accuracy: float, title: str = "", lowest_change: float = -6.0) -> None:
+    """Han et al.'s Figure 6: accuracy change against compression rate, one line per method.
 
     Args:
-        curves: label -> ``[(compression rate, accuracy), ...]``.
-        reference_accuracy: drawn as a dashed line (the uncompressed model).
+        curves: label -> ``[(compression rate, accuracy in [0, 1]), ...]``.
+        reference_accuracy: the uncompressed model's accuracy; the y axis is the change from it in
+            percentage points, cut at ``lowest_change`` so that a method that collapses leaves the
+            plot instead of squashing the interesting range (as in the paper's figure).
     """
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    all_rates = []
     for label, points in curves.items():
         rates, accuracies = zip(*sorted(points)) if points else ((), ())
-        ax.plot(rates, [100 * a for a in accuracies], marker="o", label=label)
-    if reference_accuracy is not None:
-        ax.axhline(100 * reference_accuracy, color="gray", linestyle="--", linewidth=0.8, label="uncompressed")
+        all_rates += rates
+        ax.plot(rates, [100 * (a - reference_accuracy) for a in accuracies], marker="o", label=label)
+    ax.axhline(0.0, color="gray", linestyle="--", linewidth=0.8, label="uncompressed")
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if all_rates and min(all_rates) / 2 <= t <= max(all_rates) * 2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(bottom=lowest_change, top=1.0)
     ax.set_xlabel("compression rate (x, log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("accuracy change (points)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="lower left")
+    _save(fig, path)

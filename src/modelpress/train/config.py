@@ -50,7 +50,8 @@ class TrainConfig:
         patience: stop when validation accuracy has not improved for this many epochs, and restore
             the best weights; ``None`` trains all epochs (and still restores the best epoch if
             ``restore_best``).
-        restore_best: end with the weights of the epoch with the best validation accuracy.
+        restore_best: end with the weights of the epoch with the best validation accuracy; the
+            weights training started from count as epoch 0, so fine-tuning never ends worse.
         jitter: Hinton et al.'s input jitter: shift training images by up to this many pixels.
         seed: seeds shuffling, dropout and jitter; the same seed gives the same run.
     """

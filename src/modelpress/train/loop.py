@@ -165,6 +165,10 @@ def train(
     # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
     # epochs are not candidates for "best", or restoring them would undo its work
     settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in callbacks), default=0)
+    if config.restore_best and val_loader is not None and start_epoch == 0 and settle_step == 0:
+        # the starting weights are a candidate too: retraining or fine-tuning (e.g. of shared
+        # centroids at a too-high learning rate) must never hand back a model worse than it got
+        run.track_best(-1, _validate(model, val_loader)[1])
     for epoch in range(start_epoch, config.epochs):
         for cb in callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
