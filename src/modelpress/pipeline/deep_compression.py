@@ -46,7 +46,7 @@ class DeepCompressionConfig:
         self_distill: if set, both retraining stages learn from the uncompressed model's soft
             targets as well as the labels (its ``method``, ``temperature`` and ``alpha``; the stages'
             own TrainConfigs replace its ``train``). Beyond the paper; on Fashion-MNIST it recovered
-            about a third of a point of the pruning loss (``benchmarks/deep_compression.py``).
+            part of the pruning loss (``benchmarks/prune_retraining.py``).
         index_bits_fc / index_bits_conv: bits of the relative sparse indices.
     """
 
