@@ -31,6 +31,7 @@ import torch
 from modelpress.data import load_dataset
 from modelpress.encode import huffman, read_manifest, to_relative
 from modelpress.encode import ans
+from modelpress.encode.container import codebook_and_labels
 from modelpress.encode.report import byte_budget
 from modelpress.measure import count_params, evaluate_accuracy, markdown_table, write_json
 from modelpress.measure.plots import plot_accuracy_vs_rate, plot_weight_histograms
@@ -282,18 +283,14 @@ def codec_speed(result, repeats: int) -> list[dict]:
     loaded = result.loaded_model
     layer, module = max(prunable_layers(loaded).items(), key=lambda kv: kv[1].weight.numel())
     entry = next(t for t in manifest["tensors"] if t["name"] == f"{layer}.weight")
-    w = module.weight.detach().flatten()
-    values, inverse = torch.unique(w, return_inverse=True)
-    labels = torch.zeros(values.numel(), dtype=torch.long)
-    labels[values != 0] = torch.arange(1, int((values != 0).sum()) + 1)
-    gaps, stored = to_relative(labels[inverse].numpy(), int(entry["index_bits"]))
+    _, labels = codebook_and_labels(module.weight)
+    gaps, stored = to_relative(labels, int(entry["index_bits"]))
     # tile the streams to ~4M symbols so the timing is not dominated by per-call overhead
     rows = []
     for stream_name, symbols, alphabet in (("weight labels", stored, int(entry["centroids"]) + 1),
                                            ("relative indices", gaps, 1 << int(entry["index_bits"]))):
         tiled = np.tile(symbols.astype(np.int64), max(1, 4_000_000 // max(symbols.size, 1)))
-        for codec, enc, dec, nbytes in (("huffman", huffman.encode, huffman.decode, lambda s: s.nbytes()),
-                                        ("ans", ans.encode, ans.decode, lambda s: s.nbytes())):
+        for codec, enc, dec in (("huffman", huffman.encode, huffman.decode), ("ans", ans.encode, ans.decode)):
             encode_s, decode_s = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -305,7 +302,7 @@ def codec_speed(result, repeats: int) -> list[dict]:
                 decode_s.append(t2 - t1)
             assert np.array_equal(decoded, tiled), f"{codec} round trip failed"
             rows.append({"layer": layer, "stream": stream_name, "codec": codec, "symbols": int(tiled.size),
-                         "bits_per_symbol": 8 * nbytes(coded) / tiled.size,
+                         "bits_per_symbol": 8 * coded.nbytes() / tiled.size,
                          "entropy_bits": huffman.entropy_bits(tiled, alphabet),
                          "encode_msym_s": tiled.size / np.median(encode_s) / 1e6,
                          "decode_msym_s": tiled.size / np.median(decode_s) / 1e6})

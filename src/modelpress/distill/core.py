@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.data.base import DataSplits
 from modelpress.distill.losses import mixed_distillation_loss
@@ -40,11 +41,7 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "method", DistillMethod(self.method))
-        except ValueError:
-            allowed = ", ".join(m.value for m in DistillMethod)
-            raise ConfigError(f"method must be one of {allowed}; got {self.method!r}") from None
+        object.__setattr__(self, "method", coerce_enum(DistillMethod, self.method, "method"))
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be positive; got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:

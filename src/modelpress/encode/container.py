@@ -104,17 +104,20 @@ def _decode_stream(meta: dict, blob: bytes) -> np.ndarray:
     return huffman.decode(stream)
 
 
+def codebook_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """The distinct non-zero values ``(k,)`` of ``weight`` and, per element (flattened), its label:
+    0 where pruned, ``i + 1`` where it equals value ``i``."""
+    values, inverse = torch.unique(weight.detach().float().flatten(), return_inverse=True)
+    centroid_of = torch.zeros(values.numel(), dtype=torch.long)
+    centroid_of[values != 0] = torch.arange(1, int((values != 0).sum()) + 1)
+    return values[values != 0], centroid_of[inverse].numpy()
+
+
 def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
     """Codebook + sparse labels for a weight with few distinct non-zero values, else None."""
-    flat = weight.detach().float().flatten()
-    values, inverse = torch.unique(flat, return_inverse=True)
-    nonzero_values = values[values != 0]
-    if nonzero_values.numel() > MAX_SHARED_VALUES or nonzero_values.numel() > flat.numel() // 4:
+    nonzero_values, labels = codebook_and_labels(weight)
+    if nonzero_values.numel() > MAX_SHARED_VALUES or nonzero_values.numel() > weight.numel() // 4:
         return None  # a dense float tensor: raw float32 is smaller
-    # labels: 0 = pruned, i+1 = centroid i
-    centroid_of = torch.full((values.numel(),), 0, dtype=torch.long)
-    centroid_of[values != 0] = torch.arange(1, nonzero_values.numel() + 1)
-    labels = centroid_of[inverse].numpy()
     gaps, stored = to_relative(labels, index_bits)
     alphabet = nonzero_values.numel() + 1
     label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
 from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, threshold_mask, unit_mask
 
@@ -46,11 +47,7 @@ class PruneConfig:
     layer_sparsity: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "criterion", Criterion(self.criterion))
-        except ValueError:
-            allowed = ", ".join(c.value for c in Criterion)
-            raise ConfigError(f"criterion must be one of {allowed}; got {self.criterion!r}") from None
+        object.__setattr__(self, "criterion", coerce_enum(Criterion, self.criterion, "criterion"))
         for name, value in {"sparsity": self.sparsity, **self.layer_sparsity}.items():
             if not 0.0 <= float(value) < 1.0:
                 raise ConfigError(f"sparsity of {name} must be in [0, 1); got {value}")

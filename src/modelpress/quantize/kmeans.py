@@ -6,6 +6,7 @@ from enum import Enum
 
 import torch
 
+from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
 
 
@@ -22,10 +23,7 @@ def init_centroids(values: torch.Tensor, k: int, method: CentroidInit | str = Ce
     Raises:
         ConfigError: ``k < 1`` or an unknown method.
     """
-    try:
-        method = CentroidInit(method)
-    except ValueError:
-        raise ConfigError(f"centroid init must be one of linear, density, random; got {method!r}") from None
+    method = coerce_enum(CentroidInit, method, "centroid init")
     if k < 1:
         raise ConfigError(f"need at least one cluster; got k={k}")
     values = values.detach().float().flatten()

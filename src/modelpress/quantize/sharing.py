@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
 from modelpress.prune.magnitude import LayerFilter, effective_weight, is_pruned, prunable_layers
 from modelpress.quantize.kmeans import CentroidInit, kmeans_1d
@@ -43,10 +44,7 @@ class QuantizeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "init", CentroidInit(self.init))
-        except ValueError:
-            raise ConfigError(f"init must be one of linear, density, random; got {self.init!r}") from None
+        object.__setattr__(self, "init", coerce_enum(CentroidInit, self.init, "init"))
         for name, bits in {"bits_fc": self.bits_fc, "bits_conv": self.bits_conv, **self.layer_bits}.items():
             if not (isinstance(bits, int) and 1 <= bits <= 16):
                 raise ConfigError(f"bits for {name} must be an integer in [1, 16]; got {bits!r}")

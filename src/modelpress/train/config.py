@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import Enum
 
+from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
 
 
@@ -19,14 +20,6 @@ class Schedule(str, Enum):
     STEP = "step"
     COSINE = "cosine"
     EXPONENTIAL = "exponential"
-
-
-def _enum(cls: type[Enum], value, field_name: str):
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in cls)
-        raise ConfigError(f"{field_name} must be one of {allowed}; got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -73,8 +66,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "optimizer", _enum(OptimizerName, self.optimizer, "optimizer"))
-        object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
+        object.__setattr__(self, "optimizer", coerce_enum(OptimizerName, self.optimizer, "optimizer"))
+        object.__setattr__(self, "schedule", coerce_enum(Schedule, self.schedule, "schedule"))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "step_size": self.step_size}
         for name, value in positive.items():
             if not value > 0:
