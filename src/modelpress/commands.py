@@ -183,10 +183,6 @@ def parse_layer_bits(text: str, option: str) -> dict[str, int]:
 
 def cmd_compress(args: argparse.Namespace) -> dict:
     """``modelpress compress``: the three Deep Compression stages, the file, and its report."""
-    loaded = read_model_file(args.model)
-    splits = load_data_from_args(args)
-    check_model_fits_data(loaded.spec, splits, str(args.model))
-    _say(args, f"data: {splits.describe()}")
     if args.quality is not None:
         prune = PruneConfig(criterion="threshold", quality=args.quality)
     else:
@@ -203,6 +199,11 @@ def cmd_compress(args: argparse.Namespace) -> dict:
         index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
         self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
     )
+    # the whole config is checked above, before the model and data are read or any training starts
+    loaded = read_model_file(args.model)
+    splits = load_data_from_args(args)
+    check_model_fits_data(loaded.spec, splits, str(args.model))
+    _say(args, f"data: {splits.describe()}")
     seed_everything(args.seed)
     result = deep_compress(loaded.model, splits, config, args.output, progress=_progress(args))
     report = write_compression_report(result, Path(args.output), title=f"{loaded.spec.arch} on {splits.name}")

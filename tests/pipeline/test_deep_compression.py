@@ -78,3 +78,12 @@ def test_self_distillation_learns_from_the_uncompressed_model(tiny_splits, tmp_p
     assert result.compressed["accuracy"] > 0.8
     agreement = (result.loaded_model(tiny_splits.x_test).argmax(1) == reference_logits.argmax(1)).float().mean()
     assert agreement > 0.9
+
+
+def test_bad_index_bits_are_refused_before_any_training():
+    with pytest.raises(ConfigError, match=r"index_bits_fc must be in \[1, 16\]; got 0"):
+        DeepCompressionConfig(index_bits_fc=0)
+    with pytest.raises(ConfigError, match=r"index_bits_conv must be in \[1, 16\]; got 40"):
+        DeepCompressionConfig(index_bits_conv=40)
+    with pytest.raises(ConfigError, match=r"layer_sparsity\['net.1'\] must be in \[0, 1\)"):
+        PruneConfig(layer_sparsity={"net.1": 1.0})

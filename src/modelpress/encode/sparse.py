@@ -13,6 +13,12 @@ import numpy as np
 from modelpress.core.errors import ConfigError, ModelFileError
 
 
+def check_index_bits(index_bits: int, name: str = "index_bits") -> None:
+    """Relative indices are stored as uint16 gaps: 1 to 16 bits."""
+    if not 1 <= index_bits <= 16:
+        raise ConfigError(f"{name} must be in [1, 16]; got {index_bits}")
+
+
 def to_relative(values: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Encode a 1-D array in which 0 marks an absent entry.
 
@@ -23,8 +29,7 @@ def to_relative(values: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.nda
     Returns:
         ``(gaps, stored)``: equal-length ``uint16`` / ``values.dtype`` arrays; ``stored`` holds 0 for fillers.
     """
-    if not 1 <= index_bits <= 16:
-        raise ConfigError(f"index_bits must be in [1, 16]; got {index_bits}")
+    check_index_bits(index_bits)
     values = np.asarray(values).ravel()
     span = 1 << index_bits  # a gap field holds 0 .. span-1 skipped zeros
     positions = np.flatnonzero(values)  # (k,)

@@ -21,6 +21,7 @@ from modelpress.distill.core import DistillationObjective
 from modelpress.distill.teachers import as_teacher
 from modelpress.encode import load_compressed, read_manifest, save_compressed
 from modelpress.encode.report import layer_rows
+from modelpress.encode.sparse import check_index_bits
 from modelpress.measure import count_params, evaluate_accuracy, file_bytes
 from modelpress.prune import PruneConfig, make_permanent_, prunable_layers, prune_
 from modelpress.quantize import QuantizeConfig, finalize_, quantize_
@@ -62,6 +63,9 @@ class DeepCompressionConfig:
     def __post_init__(self) -> None:
         if self.prune_steps < 1:
             raise ConfigError(f"prune_steps must be at least 1; got {self.prune_steps}")
+        # checked here, not when the file is written, so a bad value never costs the retraining
+        check_index_bits(self.index_bits_fc, "index_bits_fc")
+        check_index_bits(self.index_bits_conv, "index_bits_conv")
 
 
 @dataclass

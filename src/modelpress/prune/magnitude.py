@@ -48,9 +48,10 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criterion", coerce_enum(Criterion, self.criterion, "criterion"))
-        for name, value in {"sparsity": self.sparsity, **self.layer_sparsity}.items():
+        named = {"sparsity": self.sparsity, **{f"layer_sparsity[{k!r}]": v for k, v in self.layer_sparsity.items()}}
+        for name, value in named.items():
             if not 0.0 <= float(value) < 1.0:
-                raise ConfigError(f"sparsity of {name} must be in [0, 1); got {value}")
+                raise ConfigError(f"{name} must be in [0, 1); got {value}")
         if self.quality < 0:
             raise ConfigError(f"quality must be >= 0; got {self.quality}")
 
