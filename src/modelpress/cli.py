@@ -25,12 +25,24 @@ EPILOG_COMPRESS = """examples:
   modelpress evaluate lenet300.mpz --data fashion-mnist --json      # measured on the file as written
 """
 
+DISTILL_METHODS = ["hinton", "logits", "fitnets", "attention", "fsp", "early-stopped", "born-again", "self",
+                   "assistant", "mutual", "specialists"]
+
 EPILOG_DISTILL = """examples:
   modelpress distill --teacher teacher.mpk --student mlp:800-800 --method hinton \\
       --temperature 4 --alpha 0.9 --data fashion-mnist --epochs 20 -o student.mpk
   modelpress distill --teacher t1.mpk --teacher t2.mpk --teacher-weights 0.7,0.3 ...   # weighted ensemble
   modelpress distill --teacher teacher.mpk --method logits --alpha 1 --optimizer adam --lr 0.001 ...  # Ba & Caruana
   modelpress distill ... --store-mass 0.99 --store-max-classes 90                      # truncated stored targets
+  modelpress distill --teacher vgg.mpk --student cnn:16-32-64 --method attention ...   # attention transfer (auto layers)
+  modelpress distill --teacher vgg.mpk --student cnn:16-32-64 --method fitnets --layers features.2:features.4 ...
+  modelpress distill --teacher vgg.mpk --student cnn:16-32-64 --method fsp \\
+      --fsp-pair features.1,features.2:features.2,features.4 --fsp-pair features.3,features.4:features.5,features.7 ...
+  modelpress distill --teacher vgg.mpk --student cnn:16-32-64 --method early-stopped --kd-epochs 5 --epochs 10 ...
+  modelpress distill --teacher cnn.mpk --method born-again --generations 3 ...    # writes OUT and OUT.gen1..2.mpk
+  modelpress distill --teacher vgg.mpk --student cnn:16-32-64 --method assistant --assistant cnn:32-64-128 ...
+  modelpress distill --student cnn:16-32-64 --method mutual --peers 2 ...          # no teacher: peers teach each other
+  modelpress distill --teacher generalist.mpk --student mlp:256 --method specialists --specialists 3 -o spec.json
 """
 
 
@@ -87,29 +99,60 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     _add_output_args(p)
 
-    p = sub.add_parser("distill", help="train a small student from a teacher", epilog=EPILOG_DISTILL,
+    p = sub.add_parser("distill", help="train a small student from a teacher (any method of the family)", epilog=EPILOG_DISTILL,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Distil one teacher (or a weighted ensemble) into a student architecture.")
+                       description="Distil a teacher (or a weighted ensemble) into a student: logit-level KD, feature "
+                                   "methods (FitNets, attention, FSP) and training schemes (born-again, early-stopped KD, "
+                                   "teacher assistants, mutual learning, specialists). docs/distillation.md has the details.")
     p.add_argument("--teacher", action="append", metavar="FILE.mpk",
-                   help="teacher model file; repeat for an ensemble")
+                   help="teacher model file; repeat for an ensemble (hinton, logits, early-stopped)")
     p.add_argument("--teacher-weights", default=None, metavar="W1,W2,...", help="ensemble weights (normalised)")
     p.add_argument("--teacher-store", default=None, metavar="FILE",
                    help="train from teacher outputs saved earlier with --save-store instead of running a teacher")
-    p.add_argument("--student", required=True, metavar="ARCH", help="student architecture, e.g. mlp:800-800")
+    p.add_argument("--student", default=None, metavar="ARCH",
+                   help="student architecture, e.g. mlp:800-800 (born-again and self: the teacher's own by default)")
     p.add_argument("--dropout", type=float, default=None, help="student hidden-layer dropout")
-    p.add_argument("--method", choices=["hinton", "logits"], default="hinton",
-                   help="hinton: soft targets at --temperature; logits: L2 regression on logits (Ba & Caruana; "
-                        "its gradients are unbounded: use --optimizer adam --lr 0.001)")
-    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (hinton; default 4)")
-    p.add_argument("--alpha", type=float, default=0.9, help="weight of the teacher term; 1-alpha weights hard labels")
+    p.add_argument("--method", choices=DISTILL_METHODS, default="hinton", metavar="METHOD",
+                   help="one of: " + ", ".join(DISTILL_METHODS) + " (default hinton). logits has unbounded gradients: "
+                        "use --optimizer adam --lr 0.001")
+    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the teacher term; 1-alpha weights hard labels (default 0.9; attention 0, self 0.5, "
+                        "born-again 1, specialists 0.5)")
     p.add_argument("--no-precompute", action="store_true",
                    help="run the teacher on every batch instead of storing its outputs once (needed with --jitter)")
     p.add_argument("--store-mass", type=float, default=1.0, help="keep the top classes covering this probability mass")
     p.add_argument("--store-max-classes", type=int, default=None, help="but at most this many classes per example")
     p.add_argument("--save-store", default=None, metavar="FILE", help="also write the stored teacher outputs here")
+    g = p.add_argument_group("feature methods (fitnets, attention, fsp); `modelpress layers MODEL` lists layer names")
+    g.add_argument("--layers", default=None, metavar="S:T[,S:T...]",
+                   help="student:teacher layer pairs (fitnets: the guided and hint layer; attention: every pair); "
+                        "default: matched automatically by spatial size")
+    g.add_argument("--fsp-pair", action="append", default=None, metavar="SA,SB:TA,TB",
+                   help="fsp: two student layers and the two teacher layers whose flow matrix they match; repeatable")
+    g.add_argument("--beta", type=float, default=1000.0, help="attention: weight of the attention term (default 1000)")
+    g.add_argument("--stage1-epochs", type=int, default=2, help="fitnets, fsp: epochs of the first stage (default 2)")
+    g.add_argument("--stage1-lr", type=float, default=1e-3,
+                   help="fitnets, fsp: Adam learning rate of the first stage (default 0.001; its losses sum over whole "
+                        "feature maps, and SGD at a classifier's step size diverges)")
+    g.add_argument("--no-anneal", action="store_true", help="fitnets: keep the KD weight fixed instead of annealing it to 0")
+    g = p.add_argument_group("training schemes")
+    g.add_argument("--kd-epochs", type=int, default=None, help="early-stopped: epochs with the teacher term, then labels only")
+    g.add_argument("--generations", type=int, default=3, help="born-again: generations (default 3)")
+    g.add_argument("--assistant", action="append", default=None, metavar="ARCH",
+                   help="assistant: intermediate architecture(s), teacher side first; repeatable")
+    g.add_argument("--peers", type=int, default=2, help="mutual: peers trained together (default 2)")
+    g.add_argument("--burn-in", type=int, default=0, metavar="STEPS", help="mutual: steps of labels only before peers pull")
+    g.add_argument("--specialists", type=int, default=3, help="specialists: number of class clusters (default 3)")
+    g.add_argument("--top-k", type=int, default=2, help="specialists: generalist classes that wake specialists (default 2)")
     _add_data_args(p)
     _add_train_args(p)
     _add_output_args(p)
+
+    p = sub.add_parser("layers", help="list a model's layers and their output shapes (for --layers)",
+                       description="Print every named layer of a model file with the shape of its output on one example.")
+    p.add_argument("model", metavar="MODEL", help="a .mpk model file")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compress", help="Deep Compression: prune, share weights, entropy-code into a .mpz file",
                        epilog=EPILOG_COMPRESS, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -172,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from modelpress import commands
 
-        handler = {"train": commands.cmd_train, "distill": commands.cmd_distill,
+        from modelpress import commands_distill
+
+        handler = {"train": commands.cmd_train, "distill": commands_distill.cmd_distill, "layers": commands_distill.cmd_layers,
                    "evaluate": commands.cmd_evaluate, "demo": commands.cmd_demo,
                    "compress": commands.cmd_compress, "inspect": commands.cmd_inspect}[args.command]
         result = handler(args)

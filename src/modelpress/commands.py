@@ -10,7 +10,7 @@ from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
-from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
+from modelpress.distill import DistillConfig
 from modelpress.measure import markdown_table, measure_model, write_json
 from modelpress.measure.plots import plot_weight_histograms
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
@@ -88,55 +88,6 @@ def cmd_train(args: argparse.Namespace) -> dict:
     extra = {"data": data_metadata(splits), "method": "train", "train": config.to_json(),
              "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
     return _finish(args, model, splits, extra)
-
-
-def _load_teacher(args: argparse.Namespace, splits: DataSplits):
-    if args.teacher_store:
-        if args.teacher:
-            raise ConfigError("give either --teacher or --teacher-store, not both")
-        store = TeacherStore.load(args.teacher_store)
-        if len(store) != len(splits.y_train):
-            raise ShapeError(f"{args.teacher_store} holds outputs for {len(store)} examples but the training split has "
-                             f"{len(splits.y_train)}: use the same --data, --seed, --val-size and --limit as when it was saved")
-        return StoredTeacher(store), [f"store:{args.teacher_store}"]
-    if not args.teacher:
-        raise ConfigError("give a teacher with --teacher FILE.mpk (repeat it for an ensemble) or --teacher-store FILE")
-    loaded = [read_model_file(path) for path in args.teacher]
-    for item in loaded:
-        check_model_fits_data(item.spec, splits, f"teacher {item.path}")
-    weights = None
-    if args.teacher_weights:
-        try:
-            weights = [float(w) for w in args.teacher_weights.split(",")]
-        except ValueError:
-            raise ConfigError(f"--teacher-weights must be numbers separated by commas; got {args.teacher_weights!r}") from None
-    teacher = EnsembleTeacher([item.model for item in loaded], weights)
-    if not args.no_precompute:
-        if args.jitter:
-            raise ConfigError("--jitter shifts the student's inputs, so stored teacher outputs would not match: "
-                              "add --no-precompute to run the teacher on every batch")
-        store = precompute_teacher(teacher, splits.x_train, mass=args.store_mass, max_classes=args.store_max_classes)
-        _say(args, f"stored teacher outputs: {len(store)} examples, {store.nbytes():,} bytes, "
-                   f"mean kept mass {float(store.kept_mass().mean()):.4f}")
-        if args.save_store:
-            store.save(args.save_store)
-        teacher = StoredTeacher(store)
-    return teacher, [str(item.path) for item in loaded]
-
-
-def cmd_distill(args: argparse.Namespace) -> dict:
-    """``modelpress distill``: train a student architecture on a teacher's (or ensemble's) targets."""
-    splits = load_data_from_args(args)
-    _say(args, f"data: {splits.describe()}")
-    teacher, teacher_names = _load_teacher(args, splits)
-    seed_everything(args.seed)
-    options = {"dropout": args.dropout} if args.dropout is not None else {}
-    student = build_model(args.student, splits.input_shape, splits.num_classes, **options)
-    config = DistillConfig(method=args.method, temperature=args.temperature, alpha=args.alpha, train=train_config_from_args(args))
-    distill(student, teacher, splits, config, checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=_progress(args))
-    extra = {"data": data_metadata(splits), "method": f"distill:{config.method.value}", "teachers": teacher_names,
-             "temperature": config.temperature, "alpha": config.alpha, "train": config.train.to_json()}
-    return _finish(args, student, splits, extra)
 
 
 def read_any_model(path) -> LoadedModel:

@@ -5,7 +5,7 @@ from modelpress.core.errors import ConfigError, ModelFileError, ShapeError
 from modelpress.models import MODELS, build_model, load_model, read_model_file, save_model
 from modelpress.measure import count_params
 
-ZOO = ["mlp:64-32", "lenet300_100", "lenet5", "vgg_mini:8", "mobilenetv2_tiny"]
+ZOO = ["mlp:64-32", "lenet300_100", "lenet5", "vgg_mini:8", "mobilenetv2_tiny", "cnn:8-16", "shallow_cnn:8-32"]
 
 
 @pytest.mark.parametrize("arch", ZOO)
@@ -43,6 +43,30 @@ def test_mobilenet_uses_depthwise_convs_and_skips():
     assert any(getattr(m, "use_skip", False) for m in model.modules())
 
 
+def test_cnn_stages_line_up_with_vgg_mini_and_shallow_cnn_has_one_conv():
+    x = torch.randn(2, 1, 28, 28)
+    student = build_model("cnn:16-32-64", (1, 28, 28), 10, hidden=32).eval()
+    teacher = build_model("vgg_mini:8", (1, 28, 28), 10).eval()
+    student_sizes = [tuple(t.shape[-2:]) for t in _stage_outputs(student.features, x)]
+    teacher_sizes = {tuple(t.shape[-2:]) for t in _stage_outputs(teacher.features, x)}
+    assert student_sizes[-1] == (3, 3) and set(student_sizes) <= teacher_sizes
+    assert sum(isinstance(m, torch.nn.Linear) for m in student.modules()) == 2
+    shallow = build_model("shallow_cnn:8-64", (1, 28, 28), 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in shallow.modules()) == 1
+    with pytest.raises(ConfigError, match="CHANNELS-HIDDEN"):
+        build_model("shallow_cnn:8", (1, 28, 28), 10)
+    with pytest.raises(ShapeError, match="at least 32 pixels"):
+        build_model("cnn:4-4-4-4-4", (1, 28, 28), 10)
+
+
+def _stage_outputs(features, x):
+    outputs = []
+    for layer in features:
+        x = layer(x)
+        outputs.append(x)
+    return outputs
+
+
 def test_mlp_dropout_option_and_tabular_input():
     model = build_model("mlp:16", (30,), 2, dropout=0.5)
     assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
@@ -58,7 +82,7 @@ def test_bad_model_requests_give_clear_errors():
         build_model("lenet5", (1, 28, 28), 10, dropout=0.5)
     with pytest.raises(ShapeError, match="needs image inputs"):
         build_model("lenet5", (30,), 2)
-    assert set(MODELS.names()) >= {"mlp", "lenet300_100", "lenet5", "vgg_mini", "mobilenetv2_tiny"}
+    assert set(MODELS.names()) >= {"mlp", "lenet300_100", "lenet5", "vgg_mini", "mobilenetv2_tiny", "cnn", "shallow_cnn"}
 
 
 def test_damaged_or_foreign_model_files_are_rejected(tmp_path):

@@ -97,6 +97,12 @@ def test_max_norm_bounds_every_unit():
         layer.weight.mul_(100)
     apply_max_norm_(layer, 2.0)
     assert layer.weight.norm(dim=1).max() <= 2.0 + 1e-5
+    frozen = torch.nn.Linear(10, 5).requires_grad_(False)
+    with torch.no_grad():
+        frozen.weight.mul_(100)
+    before = frozen.weight.clone()
+    apply_max_norm_(frozen, 2.0)  # a frozen layer is not being trained: leave it as it is
+    assert torch.equal(frozen.weight, before)
 
 
 def test_config_validation_names_the_field():
@@ -142,3 +148,23 @@ def test_training_that_only_hurts_hands_back_the_starting_weights(tiny_splits):
                    objective=anti_objective, progress=False)
     assert result.best_epoch == 0
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_objective_with_callback_hooks_is_called_once_per_epoch(tiny_splits):
+    class EpochAware:
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_start(self, epoch, model):
+            self.epochs.append(epoch)
+
+        def __call__(self, model, x, y, idx):
+            return F.cross_entropy(model(x), y)
+
+    objective = EpochAware()
+    model = build_model("mlp:8", tiny_splits.input_shape, tiny_splits.num_classes)
+    train(model, tiny_splits, TrainConfig(epochs=3), objective=objective, progress=False)
+    assert objective.epochs == [0, 1, 2]
+    objective.epochs.clear()  # passing it as a callback as well must not call it twice
+    train(model, tiny_splits, TrainConfig(epochs=2), objective=objective, callbacks=[objective], progress=False)
+    assert objective.epochs == [0, 1]

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,12 +34,19 @@ class DistillConfig:
         temperature: T of the soft targets; the student is evaluated at T = 1.
         alpha: weight of the teacher term (the seeds' lambda); ``1 - alpha`` weights the hard labels.
         train: the training loop's settings.
+        kd_epochs: early-stopped KD (Cho & Hariharan 2019, "On the Efficacy of Knowledge
+            Distillation"): the loss above is used for the first ``kd_epochs`` epochs only; after
+            that it is plain cross-entropy on hard labels, ``CE(softmax(z_s), y)``, and the teacher
+            is no longer run. A small student gets the teacher's early guidance without having to
+            match, later on, a teacher it lacks the capacity to mimic. ``None`` (default) keeps the
+            teacher term for the whole run; a value ``>= train.epochs`` does the same.
     """
 
     method: DistillMethod = DistillMethod.HINTON
     temperature: float = 4.0
     alpha: float = 0.9
     train: TrainConfig = field(default_factory=TrainConfig)
+    kd_epochs: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", coerce_enum(DistillMethod, self.method, "method"))
@@ -46,16 +54,37 @@ class DistillConfig:
             raise ConfigError(f"temperature must be positive; got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1]; got {self.alpha}")
+        if self.kd_epochs is not None and (
+            isinstance(self.kd_epochs, bool) or not isinstance(self.kd_epochs, int) or self.kd_epochs < 1
+        ):
+            raise ConfigError(f"kd_epochs must be None or an integer >= 1; got {self.kd_epochs!r}")
 
 
 class DistillationObjective:
-    """Training objective ``(model, x, y, idx) -> loss`` that asks ``teacher`` for targets."""
+    """Training objective ``(model, x, y, idx) -> loss`` that asks ``teacher`` for targets.
+
+    It is also a training callback: ``on_epoch_start`` tells it the epoch, so with
+    ``config.kd_epochs`` set it switches to hard labels only from epoch ``kd_epochs`` on (counted
+    from 0). ``train`` calls ``on_epoch_start`` for every epoch it runs, a resumed run included, so
+    the epoch needs no checkpointing and the objective stays a plain object (checkpoints unchanged).
+    """
 
     def __init__(self, teacher: Teacher, config: DistillConfig) -> None:
         self.teacher = teacher
         self.config = config
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        self.epoch = epoch
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the current epoch still has the teacher term (always, unless ``kd_epochs`` is set)."""
+        return self.config.kd_epochs is None or self.epoch < self.config.kd_epochs
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        if not self.uses_teacher:  # early-stopped KD: the teacher is not even run any more
+            return F.cross_entropy(model(x), y)
         teacher_logits = self.teacher(x, idx)  # (B, C), no grad
         student_logits = model(x)  # (B, C)
         return mixed_distillation_loss(
@@ -111,7 +140,8 @@ def distill(
             :class:`~modelpress.distill.teachers.EnsembleTeacher` with weights, or a
             :class:`~modelpress.distill.teachers.TeacherStore` of precomputed outputs for the train split.
         data: :class:`DataSplits` or a DataLoader of ``(x, y)`` / ``(x, y, index)`` batches.
-        config: method, temperature, alpha and training settings.
+        config: method, temperature, alpha, ``kd_epochs`` (early-stopped KD) and training settings.
+        callbacks: extra training callbacks, run after the objective's own ``on_epoch_start``.
 
     Returns:
         The trained student (the same object), in eval mode; ``student.distill_result`` holds the
@@ -134,7 +164,7 @@ def distill(
     objective = DistillationObjective(teacher, config)
     result: TrainResult = train(
         student, data, config.train, objective=objective, val_loader=val_loader,
-        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=callbacks, log=log,
+        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=(objective, *callbacks), log=log,
         description=f"distill ({config.method.value})",
     )
     student.distill_result = result

@@ -23,15 +23,20 @@ MODELS: Registry[Builder] = Registry("model")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild an architecture: spec string, input shape, classes, options."""
+    """Everything needed to rebuild an architecture: spec string, input shape, classes, options, and
+    the architecture changes compression made to it since (``surgery``: see :mod:`modelpress.models.surgery`)."""
 
     arch: str
     input_shape: tuple[int, ...]
     num_classes: int
     options: dict = field(default_factory=dict)
+    surgery: tuple = ()
 
     def to_json(self) -> dict:
-        return asdict(self) | {"input_shape": list(self.input_shape)}
+        data = asdict(self) | {"input_shape": list(self.input_shape), "surgery": [dict(s) for s in self.surgery]}
+        if not self.surgery:  # files of unchanged architectures stay as they always were
+            del data["surgery"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelSpec":
@@ -41,6 +46,7 @@ class ModelSpec:
                 input_shape=tuple(int(d) for d in data["input_shape"]),
                 num_classes=int(data["num_classes"]),
                 options=dict(data.get("options", {})),
+                surgery=tuple(dict(s) for s in data.get("surgery", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"invalid model spec {data!r}: {err}") from None
@@ -74,8 +80,14 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, **opt
 
 
 def build_from_spec(spec: ModelSpec) -> nn.Module:
-    """Rebuild the architecture described by ``spec`` (weights freshly initialised)."""
-    return build_model(spec.arch, spec.input_shape, spec.num_classes, **spec.options)
+    """Rebuild the architecture described by ``spec`` (weights freshly initialised), surgery included."""
+    model = build_model(spec.arch, spec.input_shape, spec.num_classes, **spec.options)
+    if spec.surgery:
+        from modelpress.models.surgery import replay_surgery
+
+        replay_surgery(model, spec.surgery)
+    model.modelpress_spec = spec
+    return model
 
 
 def _take_options(name: str, options: dict, allowed: dict) -> dict:
@@ -222,6 +234,74 @@ def _build_vgg_mini(args: str, input_shape, num_classes, options) -> nn.Module:
         raise ConfigError(f"vgg_mini takes one base width such as 'vgg_mini:32', got {args!r}")
     c, h, w = _require_image("vgg_mini", input_shape)
     return VGGMini(c, h, w, num_classes, base[0] if base else 32, int(opts["hidden"]), float(opts["dropout"]))
+
+
+class SmallCNN(nn.Module):
+    """A plain conv student: per stage a 3x3 conv (BatchNorm, ReLU) and 2x2 max-pooling, then a classifier.
+
+    ``cnn:16-32-64`` gives three stages (28 -> 14 -> 7 -> 3) whose outputs line up with ``vgg_mini``'s
+    stages, which is what feature distillation (hints, attention maps) pairs.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int, channels: list[int], hidden: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for cout in channels:
+            layers += [_conv_bn(cin, cout), nn.MaxPool2d(2)]
+            height, width, cin = height // 2, width // 2, cout
+        if height < 1 or width < 1:
+            raise ShapeError(f"cnn with {len(channels)} stages needs images of at least {2 ** len(channels)} pixels a side")
+        self.features = nn.Sequential(*layers)  # (B, C_last, H / 2^k, W / 2^k)
+        head: list[nn.Module] = [nn.Flatten()]
+        features = cin * height * width
+        if hidden:
+            head += [nn.Linear(features, hidden), nn.ReLU(inplace=True)]
+            features = hidden
+        self.classifier = nn.Sequential(*head, nn.Linear(features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("cnn")
+def _build_cnn(args: str, input_shape, num_classes, options) -> nn.Module:
+    opts = _take_options("cnn", options, {"hidden": 0})
+    channels = _parse_widths("cnn", args) or [16, 32, 64]
+    if int(opts["hidden"]) < 0:
+        raise ConfigError(f"cnn option hidden must be >= 0, got {opts['hidden']}")
+    c, h, w = _require_image("cnn", input_shape)
+    return SmallCNN(c, h, w, num_classes, channels, int(opts["hidden"]))
+
+
+class ShallowCNN(nn.Module):
+    """Ba & Caruana's shallow mimic: ONE conv layer (5x5, ReLU, 2x2 max-pool) and one wide hidden layer.
+
+    The seeds ask whether deep conv nets need to be deep: this is the student that answers it.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int, channels: int, hidden: int):
+        super().__init__()
+        if height < 2 or width < 2:
+            raise ShapeError(f"shallow_cnn needs images of at least 2x2, got {height}x{width}")
+        self.features = nn.Sequential(nn.Conv2d(in_channels, channels, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * (height // 2) * (width // 2), hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("shallow_cnn")
+def _build_shallow_cnn(args: str, input_shape, num_classes, options) -> nn.Module:
+    _take_options("shallow_cnn", options, {})
+    sizes = _parse_widths("shallow_cnn", args) or [16, 512]
+    if len(sizes) != 2:
+        raise ConfigError(f"shallow_cnn takes 'CHANNELS-HIDDEN' such as 'shallow_cnn:16-512', got {args!r}")
+    c, h, w = _require_image("shallow_cnn", input_shape)
+    return ShallowCNN(c, h, w, num_classes, sizes[0], sizes[1])
 
 
 class InvertedResidual(nn.Module):

@@ -81,7 +81,8 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> to
 def apply_max_norm_(model: nn.Module, max_norm: float) -> None:
     """Rescale each unit's incoming weights (rows of Linear, filters of Conv) to L2 norm <= ``max_norm``."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        # frozen layers (e.g. those past FitNets' guided layer in stage 1) must come out untouched
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and module.weight.requires_grad:
             module.weight.renorm_(p=2, dim=0, maxnorm=max_norm)
 
 
@@ -127,6 +128,7 @@ def train(
             stopping) or a DataLoader of ``(x, y)`` / ``(x, y, index)`` batches.
         config: optimiser, schedule, regularisation, seed.
         objective: the loss, :func:`cross_entropy_objective` by default; distillation passes its own.
+            One that defines callback hooks (below) gets them called as well.
         val_loader: validation batches when ``data`` is a DataLoader.
         checkpoint_path: written atomically after every epoch; with ``resume=True`` an existing one is
             loaded and training continues to the same result as an uninterrupted run.
@@ -155,6 +157,9 @@ def train(
     if config.patience is not None and val_loader is None:
         raise ConfigError("patience (early stopping) needs validation data")
 
+    hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
+    if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
+        callbacks = (objective, *callbacks)  # an objective that follows the epoch (e.g. early-stopped KD) is a callback too
     run = _Run(model, objective, config)
     torch.manual_seed(config.seed)
     start_epoch = 0

@@ -1,0 +1,322 @@
+"""``modelpress distill --method NAME`` and ``modelpress layers``: one small function per method, each a thin
+layer over the Python API in :mod:`modelpress.distill` (``cli.py`` only parses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from modelpress.commands import (_finish, _progress, _say, check_model_fits_data, data_metadata, load_data_from_args,
+                                 train_config_from_args)
+from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.io import atomic_write
+from modelpress.core.seed import seed_everything
+from modelpress.data import DataSplits
+from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
+from modelpress.measure import evaluate_accuracy, markdown_table
+from modelpress.models import build_model, read_model_file, save_model
+
+# the teacher term's weight when --alpha is not given: each method's paper default
+ALPHA_DEFAULTS = {"attention": 0.0, "self": 0.5, "born-again": 1.0, "specialists": 0.5}
+
+
+def cmd_distill(args: argparse.Namespace) -> dict:
+    """``modelpress distill``: train a student by the chosen method and save it with what it was trained by."""
+    splits = load_data_from_args(args)
+    _say(args, f"data: {splits.describe()}")
+    alpha = args.alpha if args.alpha is not None else ALPHA_DEFAULTS.get(args.method, 0.9)
+    kd = DistillConfig(method="logits" if args.method == "logits" else "hinton", temperature=args.temperature,
+                       alpha=alpha, train=train_config_from_args(args))
+    return METHODS[args.method](args, splits, kd)
+
+
+# ----- teachers and students ------------------------------------------------------------------------
+
+def _load_teacher(args: argparse.Namespace, splits: DataSplits):
+    """The teacher of a logit-level method: a stored-output file, one model or a weighted ensemble."""
+    if args.teacher_store:
+        if args.teacher:
+            raise ConfigError("give either --teacher or --teacher-store, not both")
+        store = TeacherStore.load(args.teacher_store)
+        if len(store) != len(splits.y_train):
+            raise ShapeError(f"{args.teacher_store} holds outputs for {len(store)} examples but the training split has "
+                             f"{len(splits.y_train)}: use the same --data, --seed, --val-size and --limit as when it was saved")
+        return StoredTeacher(store), [f"store:{args.teacher_store}"]
+    if not args.teacher:
+        raise ConfigError("give a teacher with --teacher FILE.mpk (repeat it for an ensemble) or --teacher-store FILE")
+    loaded = [read_model_file(path) for path in args.teacher]
+    for item in loaded:
+        check_model_fits_data(item.spec, splits, f"teacher {item.path}")
+    weights = None
+    if args.teacher_weights:
+        try:
+            weights = [float(w) for w in args.teacher_weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--teacher-weights must be numbers separated by commas; got {args.teacher_weights!r}") from None
+    teacher = EnsembleTeacher([item.model for item in loaded], weights)
+    if not args.no_precompute:
+        if args.jitter:
+            raise ConfigError("--jitter shifts the student's inputs, so stored teacher outputs would not match: "
+                              "add --no-precompute to run the teacher on every batch")
+        store = precompute_teacher(teacher, splits.x_train, mass=args.store_mass, max_classes=args.store_max_classes)
+        _say(args, f"stored teacher outputs: {len(store)} examples, {store.nbytes():,} bytes, "
+                   f"mean kept mass {float(store.kept_mass().mean()):.4f}")
+        if args.save_store:
+            store.save(args.save_store)
+        teacher = StoredTeacher(store)
+    return teacher, [str(item.path) for item in loaded]
+
+
+def _one_teacher(args: argparse.Namespace, splits: DataSplits) -> tuple[nn.Module, str]:
+    """Methods that look inside the teacher (features) or copy its architecture need one model file."""
+    if args.teacher_store:
+        raise ConfigError(f"--method {args.method} needs the teacher model itself, not stored outputs (--teacher-store)")
+    if not args.teacher or len(args.teacher) != 1:
+        raise ConfigError(f"--method {args.method} takes exactly one --teacher FILE.mpk; got {len(args.teacher or [])}")
+    loaded = read_model_file(args.teacher[0])
+    check_model_fits_data(loaded.spec, splits, f"teacher {loaded.path}")
+    return loaded.model.eval(), str(loaded.path)
+
+
+def _student(args: argparse.Namespace, splits: DataSplits, seed_offset: int = 0) -> nn.Module:
+    if not args.student:
+        raise ConfigError(f"--method {args.method} needs a student architecture: --student ARCH (e.g. cnn:16-32-64)")
+    seed_everything(args.seed + seed_offset)
+    options = {"dropout": args.dropout} if args.dropout is not None else {}
+    return build_model(args.student, splits.input_shape, splits.num_classes, **options)
+
+
+def _extra(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig, teachers: list[str], **method_options) -> dict:
+    return {"data": data_metadata(splits), "method": f"distill:{args.method}", "teachers": teachers,
+            "temperature": kd.temperature, "alpha": kd.alpha, "train": kd.train.to_json(), **method_options}
+
+
+def _parse_pairs(text: str, option: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in text.split(","):
+        student_layer, sep, teacher_layer = item.strip().partition(":")
+        if not sep or not student_layer or not teacher_layer:
+            raise ConfigError(f"{option} wants STUDENT_LAYER:TEACHER_LAYER pairs separated by commas; got {item!r}")
+        pairs.append((student_layer, teacher_layer))
+    return tuple(pairs)
+
+
+def _stage1(args: argparse.Namespace, kd: DistillConfig):
+    """The first stage of FitNets and FSP: Adam, whatever optimizer the second stage uses."""
+    return replace(kd.train, epochs=args.stage1_epochs, optimizer="adam", lr=args.stage1_lr)
+
+
+def _ckpt(args: argparse.Namespace) -> str:
+    return f"{args.output}.ckpt"
+
+
+# ----- logit-level methods ------------------------------------------------------------------------
+
+def _logit_level(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    """hinton, logits and early-stopped KD: any teacher, ensemble or stored outputs."""
+    if args.method == "early-stopped":
+        kd = replace(kd, kd_epochs=args.kd_epochs or max(1, kd.train.epochs // 2))
+    elif args.kd_epochs is not None:
+        raise ConfigError("--kd-epochs belongs to --method early-stopped")
+    teacher, names = _load_teacher(args, splits)
+    student = _student(args, splits)
+    distill(student, teacher, splits, kd, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
+    return _finish(args, student, splits, _extra(args, splits, kd, names, kd_epochs=kd.kd_epochs))
+
+
+# ----- feature methods ------------------------------------------------------------------------------
+
+def _fitnets(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.features import match_layers
+    from modelpress.distill.hints import HintConfig, fitnets
+
+    teacher, name = _one_teacher(args, splits)
+    student = _student(args, splits)
+    if args.layers:
+        pairs = _parse_pairs(args.layers, "--layers")
+        if len(pairs) != 1:
+            raise ConfigError(f"fitnets guides one student layer by one teacher layer: give one --layers S:T, got {len(pairs)}")
+    else:
+        matched = match_layers(student, teacher, splits.x_train[:2])
+        pairs = (matched[len(matched) // 2],)  # FitNets guides the middle of the student by the middle of the teacher
+    (s_layer, t_layer), = pairs
+    _say(args, f"hint: student {s_layer} <- teacher {t_layer}")
+    config = HintConfig(s_layer, t_layer, stage1=_stage1(args, kd), kd=kd, anneal=not args.no_anneal)
+    fitnets(student, teacher, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
+    return _finish(args, student, splits, _extra(args, splits, kd, [name], layers=[s_layer, t_layer],
+                                                 stage1_epochs=args.stage1_epochs, anneal=not args.no_anneal))
+
+
+def _attention(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.attention import AttentionConfig, attention_transfer
+    from modelpress.distill.features import match_layers
+
+    teacher, name = _one_teacher(args, splits)
+    student = _student(args, splits)
+    pairs = _parse_pairs(args.layers, "--layers") if args.layers else tuple(match_layers(student, teacher, splits.x_train[:2]))
+    _say(args, "attention pairs: " + ", ".join(f"{s} <- {t}" for s, t in pairs))
+    config = AttentionConfig(pairs=pairs, beta=args.beta, kd=kd)
+    attention_transfer(student, teacher, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
+    return _finish(args, student, splits, _extra(args, splits, kd, [name], layers=[list(p) for p in pairs], beta=args.beta))
+
+
+def _fsp(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.fsp import FSPConfig, fsp_distill
+
+    teacher, name = _one_teacher(args, splits)
+    student = _student(args, splits)
+    if not args.fsp_pair:
+        raise ConfigError("fsp needs the layers of each flow matrix: --fsp-pair SA,SB:TA,TB (repeatable; "
+                          "`modelpress layers MODEL` lists the names). Student and teacher matrices must have equal channel counts")
+    student_pairs, teacher_pairs = [], []
+    for text in args.fsp_pair:
+        student_side, sep, teacher_side = text.partition(":")
+        s_layers, t_layers = student_side.split(","), teacher_side.split(",")
+        if not sep or len(s_layers) != 2 or len(t_layers) != 2:
+            raise ConfigError(f"--fsp-pair wants SA,SB:TA,TB (two student layers, two teacher layers); got {text!r}")
+        student_pairs.append(tuple(s_layers))
+        teacher_pairs.append(tuple(t_layers))
+    config = FSPConfig(student_pairs=tuple(student_pairs), teacher_pairs=tuple(teacher_pairs),
+                       stage1=_stage1(args, kd), stage2=kd.train)
+    fsp_distill(student, teacher, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
+    return _finish(args, student, splits, _extra(args, splits, kd, [name], fsp_pairs=args.fsp_pair, stage1_epochs=args.stage1_epochs))
+
+
+# ----- training schemes -------------------------------------------------------------------------------
+
+def _side_file(args: argparse.Namespace, tag: str) -> Path:
+    out = Path(args.output)
+    return out.with_name(f"{out.stem}.{tag}{out.suffix or '.mpk'}")
+
+
+def _save_side(args: argparse.Namespace, splits: DataSplits, model: nn.Module, tag: str, extra: dict) -> dict:
+    """Save one of several models a scheme produces beside OUTPUT; returns its test accuracy."""
+    path = _side_file(args, tag)
+    save_model(model, path, extra=extra)
+    accuracy = evaluate_accuracy(model, splits.x_test, splits.y_test).accuracy
+    _say(args, f"saved {path}: test accuracy {accuracy:.4f}")
+    return {"file": str(path), "test_accuracy": accuracy}
+
+
+def _born_again(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.schemes import born_again, self_compress
+
+    if args.student:
+        raise ConfigError(f"--method {args.method} trains the teacher's own architecture: drop --student")
+    teacher, name = _one_teacher(args, splits)
+    work = Path(f"{args.output}.generations")
+    if args.method == "self":
+        student = self_compress(teacher, splits, kd, checkpoint_dir=work, resume=args.resume, progress=_progress(args))
+        result = _finish(args, student, splits, _extra(args, splits, kd, [name]))
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+    bans = born_again(teacher, splits, kd, generations=args.generations, checkpoint_dir=work, resume=args.resume,
+                      progress=_progress(args))
+    extra = _extra(args, splits, kd, [name], generations=args.generations)
+    earlier = [_save_side(args, splits, model, f"gen{k + 1}", extra | {"generation": k + 1})
+               for k, model in enumerate(bans.generations[:-1])]
+    ensembles = {f"ensemble_gen1-{k}": evaluate_accuracy(bans.ensemble(k), splits.x_test, splits.y_test).accuracy
+                 for k in range(2, len(bans.generations) + 1)}
+    for label, accuracy in ensembles.items():
+        _say(args, f"{label}: test accuracy {accuracy:.4f}")
+    result = _finish(args, bans.generations[-1], splits, extra | {"generation": args.generations})
+    shutil.rmtree(work, ignore_errors=True)
+    return result | {"earlier_generations": earlier, **ensembles}
+
+
+def _assistant(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.schemes import teacher_assistant_chain
+
+    if not args.assistant:
+        raise ConfigError("--method assistant needs at least one --assistant ARCH (an architecture between teacher and student)")
+    teacher, name = _one_teacher(args, splits)
+    assistants = []
+    for k, arch in enumerate(args.assistant):
+        seed_everything(args.seed + 1000 + k)
+        assistants.append(build_model(arch, splits.input_shape, splits.num_classes))
+    work = Path(f"{args.output}.chain")
+    chain = teacher_assistant_chain(teacher, assistants, _student(args, splits), splits, kd, checkpoint_dir=work,
+                                    resume=args.resume, progress=_progress(args))
+    extra = _extra(args, splits, kd, [name], assistants=args.assistant)
+    saved = [_save_side(args, splits, model, f"assistant{k + 1}", extra) for k, model in enumerate(chain.assistants)]
+    result = _finish(args, chain.student, splits, extra)
+    shutil.rmtree(work, ignore_errors=True)
+    return result | {"assistants": saved}
+
+
+def _mutual(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.mutual import MutualConfig, mutual_learning
+
+    if args.teacher or args.teacher_store:
+        raise ConfigError("--method mutual trains peers that teach each other: drop --teacher")
+    if args.peers < 2:
+        raise ConfigError(f"--peers must be at least 2; got {args.peers}")
+    peers = [_student(args, splits, seed_offset=k) for k in range(args.peers)]
+    config = MutualConfig(peers=args.peers, temperature=kd.temperature, weight=1.0, burn_in_steps=args.burn_in, train=kd.train)
+    result = mutual_learning(peers, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
+    extra = _extra(args, splits, kd, [], peers=args.peers, burn_in_steps=args.burn_in)
+    saved = [_save_side(args, splits, model, f"peer{k + 1}", extra) for k, model in enumerate(result.peers[1:], start=1)]
+    cohort = evaluate_accuracy(result.cohort, splits.x_test, splits.y_test).accuracy
+    _say(args, f"cohort (mean of the peers' probabilities): test accuracy {cohort:.4f}")
+    return _finish(args, result.peers[0], splits, extra) | {"other_peers": saved, "cohort_accuracy": cohort}
+
+
+def _specialists(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    from modelpress.distill.specialists import SpecialistConfig, train_specialists
+
+    generalist, name = _one_teacher(args, splits)
+    if not args.student:
+        raise ConfigError("--method specialists needs the specialists' architecture: --student ARCH")
+
+    def make_specialist(outputs: int) -> nn.Module:
+        return build_model(args.student, splits.input_shape, outputs)
+
+    config = SpecialistConfig(n_specialists=args.specialists, temperature=kd.temperature, alpha=kd.alpha,
+                              top_k=args.top_k, train=kd.train)
+    ensemble = train_specialists(generalist, make_specialist, splits, config, checkpoint_dir=Path(f"{args.output}.specialists"),
+                                 resume=args.resume, progress=_progress(args))
+    extra = _extra(args, splits, kd, [name], top_k=args.top_k)
+    files = []
+    for k, (model, classes) in enumerate(zip(ensemble.specialists, ensemble.class_sets)):
+        # a specialist predicts its classes plus a dustbin: alone it has no accuracy on the full label set
+        path = _side_file(args, f"specialist{k + 1}")
+        save_model(model, path, extra=extra | {"classes": list(classes), "dustbin": len(classes)})
+        files.append({"file": str(path), "classes": list(classes)})
+    combined = evaluate_accuracy(ensemble, splits.x_test, splits.y_test).accuracy
+    alone = evaluate_accuracy(generalist, splits.x_test, splits.y_test).accuracy
+    manifest = {"format": "modelpress-specialists", "version": 1, "generalist": name, "specialists": files,
+                "top_k": args.top_k, "generalist_test_accuracy": alone, "combined_test_accuracy": combined}
+    with atomic_write(args.output) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    _say(args, f"generalist alone {alone:.4f}; with {len(files)} specialists {combined:.4f}; manifest {args.output}")
+    shutil.rmtree(f"{args.output}.specialists", ignore_errors=True)
+    return {"output": str(args.output), **manifest}
+
+
+METHODS = {"hinton": _logit_level, "logits": _logit_level, "early-stopped": _logit_level, "fitnets": _fitnets,
+           "attention": _attention, "fsp": _fsp, "born-again": _born_again, "self": _born_again, "assistant": _assistant,
+           "mutual": _mutual, "specialists": _specialists}
+
+
+# ----- modelpress layers -----------------------------------------------------------------------------
+
+def cmd_layers(args: argparse.Namespace) -> dict:
+    """``modelpress layers``: every named layer and its output shape on one example (what --layers takes)."""
+    import torch
+
+    from modelpress.distill.features import feature_shapes, layer_names
+
+    loaded = read_model_file(args.model)
+    model = loaded.model.eval()
+    shapes = feature_shapes(model, torch.zeros(1, *loaded.spec.input_shape), layer_names(model))
+    rows = [{"layer": name, "type": type(dict(model.named_modules())[name]).__name__, "output": "x".join(map(str, shape))}
+            for name, shape in shapes.items()]
+    if not args.json:
+        print(markdown_table(rows, ["layer", "type", "output"]), end="")
+    return {"model": str(args.model), "layers": rows}
+
