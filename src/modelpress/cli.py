@@ -28,6 +28,21 @@ EPILOG_COMPRESS = """examples:
 DISTILL_METHODS = ["hinton", "logits", "fitnets", "attention", "fsp", "early-stopped", "born-again", "self",
                    "assistant", "mutual", "specialists"]
 
+EPILOG_SHRINK = """examples:
+  modelpress shrink vgg.mpk --data fashion-mnist --channels 0.5 -o vgg.half.mpk       # half the channels, L1 norm
+  modelpress shrink lenet5.mpk --data fashion-mnist --low-rank tucker --flop-budget 0.5 -o lenet5.tucker.mpk
+  modelpress shrink mlp.mpk --data fashion-mnist --low-rank svd --energy 0.9 -o mlp.svd.mpk
+  modelpress shrink vgg.mpk --data fashion-mnist --separable --finetune-epochs 5 -o vgg.sep.mpk
+  modelpress export vgg.half.mpk --onnx vgg.half.int8.onnx --int8 static --data fashion-mnist   # then int8
+"""
+
+EPILOG_EXPORT = """examples:
+  modelpress export student.mpk --onnx student.onnx                          # float, checked against PyTorch
+  modelpress export lenet5.mpk --onnx lenet5.int8.onnx --int8 static --data fashion-mnist --latency
+  modelpress export mlp.mpk --onnx mlp.int8.onnx --int8 dynamic
+  modelpress export lenet300.mpz --onnx lenet300.onnx                         # a Deep Compression file, decoded
+"""
+
 EPILOG_DISTILL = """examples:
   modelpress distill --teacher teacher.mpk --student mlp:800-800 --method hinton \\
       --temperature 4 --alpha 0.9 --data fashion-mnist --epochs 20 -o student.mpk
@@ -184,6 +199,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_output_args(p)
 
+    p = sub.add_parser("shrink", help="structured pruning / low rank / depthwise-separable blocks, fine-tuned",
+                       epilog=EPILOG_SHRINK, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Make a trained model really smaller: remove whole channels and neurons (fixing every "
+                                   "layer that consumes them), factorize layers into thinner ones, or replace convolutions "
+                                   "by depthwise-separable blocks; fine-tune; report accuracy, params, FLOPs and latency "
+                                   "before and after, measured side by side, and say plainly when it is not faster.")
+    p.add_argument("model", metavar="MODEL", help="a trained .mpk model (or .ckpt / .mpz)")
+    g = p.add_argument_group("how")
+    g.add_argument("--channels", type=float, default=None, metavar="FRACTION",
+                   help="structured pruning: remove this fraction of every prunable layer's channels/neurons")
+    g.add_argument("--criterion", choices=["l1", "l2", "apoz", "taylor"], default="l1",
+                   help="channel importance: filter norm, average percentage of zeros, or first-order Taylor (default l1)")
+    g.add_argument("--low-rank", choices=["svd", "tucker", "cp"], default=None,
+                   help="svd: Linear layers into two; tucker: Tucker-2 convolutions (1x1, kxk, 1x1); cp: CP convolutions")
+    g.add_argument("--energy", type=float, default=0.9, help="low rank: keep this fraction of squared singular values")
+    g.add_argument("--flop-budget", type=float, default=None, help="low rank: instead, keep at most this fraction of the FLOPs")
+    g.add_argument("--separable", action="store_true",
+                   help="replace 3x3 convolutions by depthwise-separable blocks, then distil from the original")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--finetune-epochs", type=int, default=3)
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the gradient norm while fine-tuning (default 1; CP factors diverge without it)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--no-latency", action="store_true", help="skip the side-by-side latency measurement")
+    _add_data_args(p)
+    _add_output_args(p)
+
+    p = sub.add_parser("export", help="write a model as ONNX (optionally int8), checked in ONNX Runtime",
+                       epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fold any pruning masks, shared weights or binary weights, export to ONNX, run the file "
+                                   "in ONNX Runtime and compare its logits with PyTorch's; with --int8, quantize it for a "
+                                   "real CPU speed-up (dynamic: fully connected layers; static and qat: convolutions too).")
+    p.add_argument("model", metavar="MODEL", help="a .mpk model, .ckpt checkpoint or .mpz compressed model")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--int8", choices=["dynamic", "static", "qat"], default=None,
+                   help="write an int8 file instead: dynamic (no data needed), static (calibrated on --data), qat "
+                        "(fine-tuned with fake quantization on --data, then static)")
+    p.add_argument("--data", default=None, metavar="NAME|DIR", help="calibration (and QAT training) data; also measures accuracy")
+    p.add_argument("--calibration", type=int, default=512, metavar="N", help="calibration examples from the training split (default 512)")
+    p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default 2)")
+    p.add_argument("--lr", type=float, default=0.005, help="qat: SGD learning rate (default 0.005)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--atol", type=float, default=1e-4, help="float export check: |ort - torch| <= atol + rtol |torch|")
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--latency", action="store_true", help="also time PyTorch and ONNX Runtime side by side at batch 1 and 256")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("inspect", help="print a compressed file's manifest and per-layer table",
                        description="Read a .mpz file's manifest (after checking its checksum) and print its per-layer table.")
     p.add_argument("file", metavar="FILE.mpz")
@@ -215,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from modelpress import commands
 
-        from modelpress import commands_distill
+        from modelpress import commands_distill, commands_shrink
 
         handler = {"train": commands.cmd_train, "distill": commands_distill.cmd_distill, "layers": commands_distill.cmd_layers,
+                   "export": commands.cmd_export, "shrink": commands_shrink.cmd_shrink,
                    "evaluate": commands.cmd_evaluate, "demo": commands.cmd_demo,
                    "compress": commands.cmd_compress, "inspect": commands.cmd_inspect}[args.command]
         result = handler(args)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
@@ -197,3 +199,47 @@ def cmd_inspect(args: argparse.Namespace) -> dict:
               f"{info['tensors']} tensors, checksum OK")
         print(markdown_table(rows, LAYER_COLUMNS, LAYER_HEADERS), end="")
     return info
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    """``modelpress export``: an ONNX file (float or int8) that ONNX Runtime runs, with what it cost."""
+    from modelpress.export import export_onnx, load_onnx
+    from modelpress.measure.onnx_latency import measure_onnx_latency
+    from modelpress.quantize import Int8Config, quantize_int8
+
+    loaded = read_any_model(args.model)
+    splits = None
+    if args.data:
+        splits = load_dataset(args.data, seed=args.seed, limit_test=None)
+        check_model_fits_data(loaded.spec, splits, str(args.model))
+    elif args.int8 in ("static", "qat"):
+        raise ConfigError(f"--int8 {args.int8} needs --data: calibration examples (and QAT training data) come from it")
+    shape = tuple(loaded.spec.input_shape)
+    if args.int8 is None:
+        report = export_onnx(loaded.model, args.onnx, input_shape=shape, opset=args.opset, atol=args.atol, rtol=args.rtol)
+        result = {"output": str(args.onnx), "bytes": report.bytes, "opset": report.opset, "folded": list(report.folded),
+                  "max_abs_diff": report.max_abs_diff, "tolerance": f"atol {report.atol} + rtol {report.rtol}"}
+    else:
+        calibration = None
+        if splits is not None:
+            g = torch.Generator().manual_seed(args.seed)
+            calibration = splits.x_train[torch.randperm(len(splits.x_train), generator=g)[: args.calibration]]
+        config = Int8Config(mode=args.int8, opset=args.opset)
+        report = quantize_int8(loaded.model, args.onnx, config, calibration, input_shape=shape, data=splits,
+                               train_config=TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
+        result = {"output": str(args.onnx), "mode": report.mode, "bytes": report.bytes, "float_onnx_bytes": report.float_bytes,
+                  "int8_weight_tensors": report.quantized_weights, "max_abs_diff": report.max_abs_diff,
+                  "argmax_agreement": report.argmax_agreement, "notes": list(report.notes)}
+    onnx_model = load_onnx(args.onnx)
+    if splits is not None:
+        result["accuracy_onnx"] = measure_model(onnx_model, splits.x_test, splits.y_test, latency=False)["accuracy"]
+        result["accuracy_pytorch"] = measure_model(loaded.model, splits.x_test, splits.y_test, latency=False)["accuracy"]
+    if args.latency:
+        from modelpress.measure import measure_latency
+
+        for batch in (1, 256):
+            result[f"pytorch_ms_b{batch}"] = measure_latency(loaded.model, shape, batch).median_ms
+        result |= {f"onnx_{k}": v for k, v in measure_onnx_latency(args.onnx, shape).items()}
+    if not args.json:
+        print(markdown_table([result], [k for k in result if k not in ("notes", "folded")]), end="")
+    return result

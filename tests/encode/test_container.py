@@ -1,5 +1,6 @@
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -111,3 +112,79 @@ def test_fuzzed_tensor_payloads_reach_the_decoders_and_fail_cleanly(tmp_path, da
     except ModelFileError:
         return
     assert tensor.shape == tuple(entry["shape"])  # a mutation that still decodes gives a well-formed tensor
+
+
+def _per_channel_signs(rows=64, cols=256, zero_fraction=0.3, seed=0):
+    """XNOR-style weights: row r holds only {-m_r, 0, +m_r}, a different m_r per row."""
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (rows, cols), generator=g) * 2.0 - 1
+    signs[torch.rand(rows, cols, generator=g) < zero_fraction] = 0.0
+    return (signs * torch.rand(rows, 1, generator=g) + 0.0).contiguous()  # + 0.0: no -0.0
+
+
+def test_row_magnitudes_are_found_only_where_every_row_is_plus_minus_one_value():
+    from modelpress.encode.container import row_magnitudes_and_labels
+
+    w = torch.tensor([[0.5, -0.5, 0.0], [-2.0, -2.0, 2.0]])
+    magnitudes, labels = row_magnitudes_and_labels(w)
+    assert magnitudes.tolist() == [0.5, 2.0] and labels.tolist() == [2, 1, 0, 1, 1, 2]
+    assert row_magnitudes_and_labels(torch.tensor([[0.5, -0.4], [1.0, 1.0]])) is None
+    assert row_magnitudes_and_labels(torch.tensor([[float("nan"), 1.0]])) is None
+    assert row_magnitudes_and_labels(torch.tensor([1.0, -1.0])) is None  # a bias has no rows
+
+
+def test_per_channel_sign_weights_take_about_one_bit_and_a_version_2_file(tmp_path):
+    model = build_model("mlp:256-64", (256,), 3)
+    with torch.no_grad():
+        model.net[3].weight.copy_(_per_channel_signs())
+    stats = save_compressed(model, tmp_path / "rows.mpz")
+    manifest, _ = read_manifest(tmp_path / "rows.mpz")
+    entry = next(t for t in manifest["tensors"] if t["name"] == "net.3.weight")
+    assert entry["codebook"] == "row_magnitudes" and entry["centroids"] == 64
+    # 30% zeros, the rest +-: entropy 1.58 bits, + 32 bits per row of 256; a layer-wide codebook of 128
+    # values would also need ~log2(64) bits per non-zero weight to say which row's magnitude it has
+    assert 8 * stats["net.3.weight"]["bytes"] / (64 * 256) < 1.58 + 0.125 + 0.1
+    assert (tmp_path / "rows.mpz").read_bytes()[8:10] == (2).to_bytes(2, "little")
+    from modelpress.encode.report import layer_rows
+
+    row = next(r for r in layer_rows(manifest) if r["layer"] == "net.3.weight")
+    assert row["weight_bits_pq"] == 2  # three label values (0, -m, +m), not one per row's magnitude
+    loaded, _, _ = load_compressed(tmp_path / "rows.mpz")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor.view(torch.int32), loaded.state_dict()[key].view(torch.int32)), key
+    save_compressed(_compressed_model("mlp:24", (1, 8, 8)), tmp_path / "v1.mpz")
+    assert (tmp_path / "v1.mpz").read_bytes()[8:10] == (1).to_bytes(2, "little")  # what older readers open
+
+
+def test_broken_row_magnitude_entries_are_refused():
+    from modelpress.encode.container import _row_magnitude_values
+
+    magnitudes = np.array([1.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(_row_magnitude_values(magnitudes, np.array([2, 1, 0, 1]), [2, 2]), [1, -1, 0, -2])
+    with pytest.raises(ModelFileError, match="past the codebook"):
+        _row_magnitude_values(magnitudes, np.array([3, 0, 0, 0]), [2, 2])
+    with pytest.raises(ModelFileError, match="do not fit shape"):
+        _row_magnitude_values(magnitudes, np.array([1, 0, 0]), [3, 1])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_row_magnitude_payloads_fail_cleanly(tmp_path, data):
+    from modelpress.encode.container import _decode_tensor
+
+    path = tmp_path / "rows.mpz"
+    if not path.exists():
+        model = build_model("mlp:40-16", (1, 4, 6), 3)
+        with torch.no_grad():
+            model.net[3].weight.copy_(_per_channel_signs(16, 40))
+        save_compressed(model, path)
+    manifest, payload = read_manifest(path)
+    entry = next(t for t in manifest["tensors"] if t.get("codebook") == "row_magnitudes")
+    blob = bytearray(payload[entry["offset"] : entry["offset"] + entry["length"]])
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        tensor = _decode_tensor(entry, bytes(blob))
+    except ModelFileError:
+        return
+    assert tensor.shape == tuple(entry["shape"])

@@ -51,3 +51,14 @@ def test_unchanged_models_write_no_surgery_field():
     assert "surgery" not in build_model("mlp:4", (3,), 2).modelpress_spec.to_json()
     with pytest.raises(ConfigError, match="no submodule"):
         replace_module(build_model("mlp:4", (3,), 2), "net.9", torch.nn.Identity())
+
+
+def test_a_model_saved_while_pruned_loads_with_its_masks(tmp_path):
+    from modelpress.prune import PruneConfig, prune_
+
+    model = build_model("mlp:16", (8,), 3)
+    prune_(model, PruneConfig(sparsity=0.5))
+    loaded = load_model(save_model(model, tmp_path / "p.mpk"))
+    x = torch.randn(4, 8)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert torch.equal(loaded.net[1].weight_mask, model.net[1].weight_mask)  # the masks still hold: retraining keeps them

@@ -12,6 +12,13 @@ tensor, its shape, how it is stored, where its bytes are in the payload and thei
 with few distinct values (pruned and/or weight-shared) is stored as a codebook of float32 centroids
 plus cluster labels in the relative-index sparse format, each stream Huffman- or ANS-coded, whichever
 is smaller; every other tensor is stored raw. Loading rebuilds the module with bit-identical weights.
+
+A binary or ternary layer with one scale per layer is such a weight (2 or 3 values: about 1 and
+``H(p0, p-, p+)`` <= 1.58 bits per weight). One whose scale is per output channel (XNOR-Net's
+``{-a_c, +a_c}``) would need a codebook entry per channel *and* a wide label alphabet, so it is stored
+with ``"codebook": "row_magnitudes"``: one float32 magnitude per row plus labels 0 / 1 / 2 for
+0 / -m / +m. Only files that use this are written as version 2; every other file stays version 1,
+which older readers open.
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ from modelpress.encode import ans, huffman
 from modelpress.encode.sparse import from_relative, to_relative
 from modelpress.models.zoo import ModelSpec, build_from_spec
 from modelpress.prune.magnitude import effective_weight, prunable_layers
+from modelpress.quantize.binary import is_binarized, quantized_weight
 from modelpress.quantize.sharing import _shared_weight, is_shared
 
 MAGIC = b"MPRESSZ\0"
-VERSION = 1
+VERSION = 2  # the newest format this module reads; it writes 1 unless a tensor needs row magnitudes
+ROW_MAGNITUDES = "row_magnitudes"
 _HEADER = struct.Struct("<8sHHI")
 MAX_SHARED_VALUES = 1 << 16
 FLAG_ZLIB_MANIFEST = 1
@@ -62,7 +71,10 @@ def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         owner, _, attr = key.rpartition(".")
         module = layers[owner]
-        if attr in ("weight_orig", "weight_centroids"):
+        if is_binarized(module) and attr.startswith("weight_"):  # weight_latent (+ TTQ's weight_wp, weight_wn)
+            if attr == "weight_latent":
+                state[f"{owner}.weight" if owner else "weight"] = quantized_weight(module).detach() + 0.0
+        elif attr in ("weight_orig", "weight_centroids"):
             weight = _shared_weight(module).detach() if is_shared(module) else effective_weight(module)
             state[f"{owner}.weight" if owner else "weight"] = weight
         elif attr not in ("weight_mask", "weight_labels", "weight_keep"):
@@ -113,28 +125,54 @@ def codebook_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]
     return values[values != 0], centroid_of[inverse].numpy()
 
 
-def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
-    """Codebook + sparse labels for a weight with few distinct non-zero values, else None."""
-    nonzero_values, labels = codebook_and_labels(weight)
-    if nonzero_values.numel() > MAX_SHARED_VALUES or nonzero_values.numel() > weight.numel() // 4:
-        return None  # a dense float tensor: raw float32 is smaller
+def row_magnitudes_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.ndarray] | None:
+    """If every row (output channel) ``r`` of ``weight`` holds only ``{-m_r, 0, +m_r}``: the magnitudes
+    ``(rows,)`` and, per element (flattened), 0 for zero, 1 for ``-m_r``, 2 for ``+m_r``; else None."""
+    if weight.dim() < 2 or weight.numel() == 0:
+        return None
+    rows = weight.detach().float().reshape(weight.shape[0], -1)  # (R, C)
+    mags = rows.abs()
+    m = mags.max(1).values  # (R,)
+    if not bool(((mags == m[:, None]) | (mags == 0)).all()):  # NaN fails both tests: not this form
+        return None
+    labels = torch.where(rows > 0, 2, torch.where(rows < 0, 1, 0))
+    return m, labels.flatten().numpy()
+
+
+def _encode_labels(codebook: torch.Tensor, labels: np.ndarray, alphabet: int, index_bits: int,
+                   extra: dict) -> tuple[dict, list[bytes], list[StreamInfo]]:
+    """A float32 codebook plus labels (0 = zero) in the relative-index sparse format, both streams coded."""
     gaps, stored = to_relative(labels, index_bits)
-    alphabet = nonzero_values.numel() + 1
     label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)
     gap_meta, gap_blob, gap_info = _code_stream(gaps.astype(np.int64), 1 << index_bits)
-    centroids = nonzero_values.numpy().astype("<f4").tobytes()
+    centroids = codebook.numpy().astype("<f4").tobytes()
     meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "kept": int((labels > 0).sum()),
-            "centroids": int(nonzero_values.numel()),
+            "centroids": int(codebook.numel()), **extra,
             "labels": label_meta, "gaps": gap_meta, "parts": [len(centroids), len(label_blob), len(gap_blob)]}
     return meta, [centroids, label_blob, gap_blob], [label_info, gap_info]
 
 
+def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
+    """Codebook + sparse labels for a weight with few distinct non-zero values (one codebook for the
+    layer, or one magnitude per row, whichever file is smaller), else None."""
+    nonzero_values, labels = codebook_and_labels(weight)
+    candidates = []
+    if nonzero_values.numel() <= MAX_SHARED_VALUES and nonzero_values.numel() <= weight.numel() // 4:
+        candidates.append(_encode_labels(nonzero_values, labels, nonzero_values.numel() + 1, index_bits, {}))
+    if nonzero_values.numel() > 2:  # with at most two values one layer-wide codebook is never larger
+        rows = row_magnitudes_and_labels(weight)
+        if rows is not None and rows[0].numel() <= weight.numel() // 4:
+            candidates.append(_encode_labels(rows[0], rows[1], 3, index_bits, {"codebook": ROW_MAGNITUDES}))
+    # None: a dense float tensor, for which raw float32 is smaller
+    return min(candidates, key=lambda c: sum(len(part) for part in c[1]), default=None)
+
+
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits_fc: int = 5, index_bits_conv: int = 8,
                     spec: ModelSpec | None = None, extra: dict | None = None) -> dict:
-    """Write ``model`` (pruned and/or weight-shared, or plain) as a compressed file, atomically.
+    """Write ``model`` (pruned and/or weight-shared, binary/ternary, or plain) as a compressed file, atomically.
 
     Args:
-        model: a zoo model, possibly with masks or shared weights still attached.
+        model: a zoo model, possibly with masks, shared or binary/ternary weights still attached.
         index_bits_fc: bits per relative index of fully connected layers (the paper: 5).
         index_bits_conv: the same for convolutions (the paper: 8).
 
@@ -162,7 +200,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
         offset += len(blob)
     manifest = zlib.compress(json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
                                          "tensors": entries}, separators=(",", ":")).encode(), 9)
-    body = _HEADER.pack(MAGIC, VERSION, FLAG_ZLIB_MANIFEST, len(manifest)) + manifest + b"".join(blobs)
+    version = 2 if any(entry.get("codebook") == ROW_MAGNITUDES for entry in entries) else 1
+    body = _HEADER.pack(MAGIC, version, FLAG_ZLIB_MANIFEST, len(manifest)) + manifest + b"".join(blobs)
     with atomic_write(path) as tmp:
         tmp.write_bytes(body + hashlib.sha256(body).digest())
     return stats
@@ -219,10 +258,25 @@ def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
     stored = _decode_stream(entry["labels"], blob[sizes[0] : sizes[0] + sizes[1]])
     gaps = _decode_stream(entry["gaps"], blob[sizes[0] + sizes[1] :])
     labels = from_relative(gaps, stored, numel)
+    if entry.get("codebook", "values") == ROW_MAGNITUDES:
+        return torch.from_numpy(_row_magnitude_values(centroids, labels, shape)).reshape(shape)
+    if entry.get("codebook", "values") != "values":
+        raise ModelFileError(f"unknown codebook layout {entry['codebook']!r}")
     if labels.size and labels.max() > centroids.size:
         raise ModelFileError("a label points past the codebook")
     values = np.concatenate([np.zeros(1, dtype=np.float32), centroids.astype(np.float32)])[labels]
     return torch.from_numpy(values).reshape(shape)
+
+
+def _row_magnitude_values(magnitudes: np.ndarray, labels: np.ndarray, shape: list[int]) -> np.ndarray:
+    """Invert :func:`row_magnitudes_and_labels`: ``(numel,)`` float32 values."""
+    rows = shape[0] if shape else 0
+    if rows == 0 or magnitudes.size != rows or labels.size % rows:
+        raise ModelFileError(f"{magnitudes.size} row magnitudes do not fit shape {shape}")
+    if labels.size and labels.max() > 2:
+        raise ModelFileError("a label points past the codebook")
+    table = np.stack([np.zeros_like(magnitudes), -magnitudes, magnitudes], 1).astype(np.float32)  # (R, 3)
+    return table[np.arange(labels.size) // (labels.size // rows), labels]
 
 
 def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, dict]:

@@ -31,7 +31,10 @@ def layer_rows(manifest: dict) -> list[dict]:
             continue
         entries, k = int(t["entries"]), int(t["centroids"])
         kept = int(t["kept"])
-        weight_bits = max(1, math.ceil(math.log2(k + 1)))  # one code for the filler / pruned zero
+        # one code for the filler / pruned zero; a per-row-magnitude codebook (binary/ternary rows) has
+        # k = rows floats but only three label values: 0, -m_row, +m_row
+        symbols = 3 if t.get("codebook") == "row_magnitudes" else k + 1
+        weight_bits = max(1, math.ceil(math.log2(symbols)))
         label_bytes, gap_bytes = _stream_bytes(t["labels"]), _stream_bytes(t["gaps"])
         codebook_bits = 32 * k
         dense_bits = 32 * numel

@@ -101,6 +101,7 @@ def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path} is corrupt or truncated: {err}") from None
     model = build_from_spec(spec)
+    add_missing_masks(model, state)  # a model saved while pruned comes back pruned, masks in force
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -110,6 +111,18 @@ def read_model_file(path: str | os.PathLike[str]) -> LoadedModel:
     return LoadedModel(model, spec, extra, path)
 
 
+def add_missing_masks(model: nn.Module, state: dict) -> None:
+    """A pruned model (``weight_orig`` / ``weight_mask`` in its saved state) loads into a fresh dense model:
+    give that model the same reparametrization first, so the state loads and the masks stay in force."""
+    from torch.nn.utils import prune as torch_prune
+
+    modules = dict(model.named_modules())
+    for key in state:
+        owner, _, attr = key.rpartition(".")
+        if attr.endswith("_mask") and owner in modules and not hasattr(modules[owner], attr):
+            torch_prune.identity(modules[owner], attr.removesuffix("_mask"))
+
+
 def _read_checkpoint(path: Path) -> LoadedModel:
     """Rebuild the model of a training checkpoint (``*.ckpt``) that recorded its architecture."""
     state = load_checkpoint(path)
@@ -117,6 +130,7 @@ def _read_checkpoint(path: Path) -> LoadedModel:
         raise ModelFileError(f"checkpoint {path} does not record its architecture (the model was not built by modelpress)")
     spec = ModelSpec.from_json(json.loads(state["spec"]))
     model = build_from_spec(spec)
+    add_missing_masks(model, state["model"])
     model.load_state_dict(state["model"])
     model.eval()
     return LoadedModel(model, spec, {"checkpoint_epoch": int(state["epoch"])}, path)

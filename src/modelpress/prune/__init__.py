@@ -1,5 +1,6 @@
 """Pruning: magnitude (per layer, threshold, global), activation-based units, and schedules
-(one-shot, iterative, gradual, lottery-ticket rewinding), as masks over ordinary modules."""
+(one-shot, iterative, gradual, lottery-ticket rewinding), as masks over ordinary modules; and
+structured pruning, which removes whole channels and neurons so the model really shrinks."""
 
 from modelpress.prune.magnitude import (
     Criterion,
@@ -15,10 +16,15 @@ from modelpress.prune.magnitude import (
     prune_,
     sparsity_report,
 )
+from modelpress.prune.graph import ChannelGraph, ChannelGroup, trace_channels
 from modelpress.prune.schedules import GradualPruning, capture_state, iterative_prune, lottery_ticket, rewind_
 from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, polynomial_sparsity, threshold_mask, unit_mask
+from modelpress.prune.structured import ChannelCriterion, StructuredConfig, StructuredReport, replay_resize, structured_prune
 
 __all__ = [
+    "ChannelCriterion",
+    "ChannelGraph",
+    "ChannelGroup",
     "Criterion",
     "GradualPruning",
     "PruneConfig",
@@ -37,8 +43,13 @@ __all__ = [
     "polynomial_sparsity",
     "prunable_layers",
     "prune_",
+    "replay_resize",
     "rewind_",
     "sparsity_report",
+    "StructuredConfig",
+    "StructuredReport",
+    "structured_prune",
     "threshold_mask",
+    "trace_channels",
     "unit_mask",
 ]

@@ -21,6 +21,7 @@ from modelpress.core.errors import ConfigError, TrainingDivergedError
 from modelpress.data.base import DataSplits
 from modelpress.data.transforms import RandomShift
 from modelpress.core.checkpoint import load_checkpoint, save_checkpoint
+from modelpress.models.io import add_missing_masks
 from modelpress.train.config import OptimizerName, Schedule, TrainConfig
 
 
@@ -294,7 +295,7 @@ class _Run:
         if json.loads(state["config"]) != self.config.to_json():
             raise ConfigError(f"checkpoint {path} was written with a different training config; "
                               "resume with the same settings or delete it to start over")
-        _add_missing_masks(self.model, state["model"])
+        add_missing_masks(self.model, state["model"])
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -312,18 +313,6 @@ class _Run:
         self.result.resumed_from_epoch = int(state["epoch"])
         self.result.stopped_early = len(self.result.history) < int(state["epoch"])
         return int(state["epoch"])
-
-
-def _add_missing_masks(model: nn.Module, state: dict) -> None:
-    """A run that pruned (weight_orig / weight_mask in its checkpoint) resumes into a fresh dense model:
-    give that model the same reparametrization first, so the state loads and the masks stay in force."""
-    from torch.nn.utils import prune as torch_prune
-
-    modules = dict(model.named_modules())
-    for key in state:
-        owner, _, attr = key.rpartition(".")
-        if attr.endswith("_mask") and owner in modules and not hasattr(modules[owner], attr):
-            torch_prune.identity(modules[owner], attr.removesuffix("_mask"))
 
 
 def _format_epoch(metrics: dict, epochs: int) -> str:
