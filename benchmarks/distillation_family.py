@@ -60,7 +60,7 @@ class Setup:
     assistant: str = "cnn:32-64-128"
     epochs: int = 8
     mobilenet_epochs: int = 6
-    mobilenet_rows: tuple[str, ...] = ("alone", "hinton", "logits", "fitnets", "attention", "early-stopped KD")
+    mobilenet_rows: tuple[str, ...] = ("alone", "hinton", "fitnets", "attention")
     shallow: tuple[str, ...] = ("shallow_cnn:16-128", "mlp:1024")
     born_again: str = "cnn:16-32-64"
     omitted_student: str = "mlp:800-800"
@@ -198,7 +198,10 @@ def method_rows(bench: Bench, arch: str, options: dict, epochs: int, seed: int) 
 
     def mutual():
         peers = [fresh(), bench.student(arch, options)]
-        result = mutual_learning(peers, splits, MutualConfig(temperature=1.0, train=tc), progress=False)
+        # the seeds' Algorithm 1 starts the pull after a burn-in; from random initialisation the peers otherwise
+        # agree on their confident early mistakes (measured: 0.82 instead of 0.88 with no burn-in)
+        burn_in = -(-len(splits.y_train) // tc.batch_size)  # one epoch of steps
+        result = mutual_learning(peers, splits, MutualConfig(temperature=1.0, burn_in_steps=burn_in, train=tc), progress=False)
         return {"model": result.peers[0], "cohort_accuracy": bench.accuracy(result.cohort),
                 "peer_accuracies": [bench.accuracy(p) for p in result.peers]}
 
@@ -225,7 +228,7 @@ ROW_NOTES = {
     "FSP": "2 epochs (Adam 1e-3) matching FSP matrices (14x14, 7x7 stages), then CE",
     "early-stopped KD": "KD for the first half of the epochs, then hard labels only (Cho & Hariharan)",
     "teacher assistant": "teacher -> {assistant} -> student, each by KD",
-    "mutual learning": "2 peers trained together, each pulled to the other (no teacher); row = peer 1",
+    "mutual learning": "2 peers trained together, each pulled to the other after a 1-epoch burn-in (no teacher); row = peer 1",
 }
 
 

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--assistant", action="append", default=None, metavar="ARCH",
                    help="assistant: intermediate architecture(s), teacher side first; repeatable")
     g.add_argument("--peers", type=int, default=2, help="mutual: peers trained together (default 2)")
-    g.add_argument("--burn-in", type=int, default=0, metavar="STEPS", help="mutual: steps of labels only before peers pull")
+    g.add_argument("--burn-in", type=int, default=None, metavar="STEPS",
+                   help="mutual: steps of labels only before peers pull (default one epoch; 0 pulls from the start)")
     g.add_argument("--specialists", type=int, default=3, help="specialists: number of class clusters (default 3)")
     g.add_argument("--top-k", type=int, default=2, help="specialists: generalist classes that wake specialists (default 2)")
     _add_data_args(p)

@@ -257,9 +257,11 @@ def _mutual(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> 
     if args.peers < 2:
         raise ConfigError(f"--peers must be at least 2; got {args.peers}")
     peers = [_student(args, splits, seed_offset=k) for k in range(args.peers)]
-    config = MutualConfig(peers=args.peers, temperature=kd.temperature, weight=1.0, burn_in_steps=args.burn_in, train=kd.train)
+    # without a burn-in, peers pulled together from random initialisation agree on their early mistakes
+    burn_in = args.burn_in if args.burn_in is not None else -(-len(splits.y_train) // kd.train.batch_size)
+    config = MutualConfig(peers=args.peers, temperature=kd.temperature, weight=1.0, burn_in_steps=burn_in, train=kd.train)
     result = mutual_learning(peers, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
-    extra = _extra(args, splits, kd, [], peers=args.peers, burn_in_steps=args.burn_in)
+    extra = _extra(args, splits, kd, [], peers=args.peers, burn_in_steps=burn_in)
     saved = [_save_side(args, splits, model, f"peer{k + 1}", extra) for k, model in enumerate(result.peers[1:], start=1)]
     cohort = evaluate_accuracy(result.cohort, splits.x_test, splits.y_test).accuracy
     _say(args, f"cohort (mean of the peers' probabilities): test accuracy {cohort:.4f}")
