@@ -60,7 +60,8 @@ class Setup:
     assistant: str = "cnn:32-64-128"
     epochs: int = 8
     mobilenet_epochs: int = 6
-    mobilenet_rows: tuple[str, ...] = ("alone", "hinton", "fitnets", "attention")
+    mobilenet_rows: tuple[str, ...] = ("alone", "hinton", "logits", "fitnets", "attention", "early-stopped KD",
+                                       "teacher assistant")
     shallow: tuple[str, ...] = ("shallow_cnn:16-128", "mlp:1024")
     born_again: str = "cnn:16-32-64"
     omitted_student: str = "mlp:800-800"

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "feature maps, and SGD at a classifier's step size diverges)")
     g.add_argument("--no-anneal", action="store_true", help="fitnets: keep the KD weight fixed instead of annealing it to 0")
     g = p.add_argument_group("training schemes")
+    g.add_argument("--omit-class", type=int, default=None, metavar="K",
+                   help="hinton/logits: distil without any example of class K, then fit K's output bias on validation "
+                        "data (Hinton et al.'s omitted-class experiment); reports K's test examples right before and after")
     g.add_argument("--kd-epochs", type=int, default=None, help="early-stopped: epochs with the teacher term, then labels only")
     g.add_argument("--generations", type=int, default=3, help="born-again: generations (default 3)")
     g.add_argument("--assistant", action="append", default=None, metavar="ARCH",

@@ -123,10 +123,33 @@ def _logit_level(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig
         kd = replace(kd, kd_epochs=args.kd_epochs or max(1, kd.train.epochs // 2))
     elif args.kd_epochs is not None:
         raise ConfigError("--kd-epochs belongs to --method early-stopped")
+    if args.omit_class is not None:
+        return _omitted_class(args, splits, kd)
     teacher, names = _load_teacher(args, splits)
     student = _student(args, splits)
     distill(student, teacher, splits, kd, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))
     return _finish(args, student, splits, _extra(args, splits, kd, names, kd_epochs=kd.kd_epochs))
+
+
+def _omitted_class(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
+    """Hinton et al.'s experiment: no example of one class in the transfer set, then that class's bias fitted."""
+    from modelpress.distill.omitted import omitted_class_experiment
+
+    if args.teacher_store:
+        raise ConfigError("--omit-class needs the teacher model (--teacher), not stored outputs")
+    if not 0 <= args.omit_class < splits.num_classes:
+        raise ConfigError(f"--omit-class must be a class index in [0, {splits.num_classes}); got {args.omit_class}")
+    teacher, name = _one_teacher(args, splits)
+    student = _student(args, splits)
+    result = omitted_class_experiment(student, teacher, splits, args.omit_class, kd, checkpoint_path=_ckpt(args),
+                                      resume=args.resume, progress=_progress(args))
+    label = splits.class_names[args.omit_class] if splits.class_names else str(args.omit_class)
+    for stage in ("before", "after"):
+        r = result[stage]
+        _say(args, f"class {args.omit_class} ({label}) {stage} the bias fit: {r['class_correct']}/{r['n_class']} right, "
+                   f"test accuracy {r['accuracy']:.4f}")
+    extra = _extra(args, splits, kd, [name], omitted_class=args.omit_class, bias_offset=result["bias_offset"])
+    return _finish(args, student, splits, extra) | {"omitted_class": result}
 
 
 # ----- feature methods ------------------------------------------------------------------------------

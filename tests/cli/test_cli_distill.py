@@ -75,6 +75,14 @@ def test_specialists_write_a_manifest_of_their_class_sets(tiny_mnist_dir, tmp_pa
         assert read_model_file(item["file"]).spec.num_classes == len(item["classes"]) + 1  # its classes + dustbin
 
 
+def test_omit_class_distils_without_it_and_fits_its_bias(tiny_mnist_dir, cnn_teacher, tmp_path, capsys):
+    out = run_json(capsys, ["distill", "--teacher", str(cnn_teacher), "--student", "mlp:16", "--omit-class", "3",
+                            "--data", str(tiny_mnist_dir), *FAST, "-o", str(tmp_path / "o.mpk"), "--json"])
+    before, after = out["omitted_class"]["before"], out["omitted_class"]["after"]
+    assert before["n_class"] == after["n_class"] > 0 and out["omitted_class"]["bias_offset"] >= 0
+    assert read_model_file(tmp_path / "o.mpk").extra["omitted_class"] == 3
+
+
 def test_layers_lists_names_and_output_shapes(cnn_teacher, capsys):
     out = run_json(capsys, ["layers", str(cnn_teacher), "--json"])
     shapes = {row["layer"]: row["output"] for row in out["layers"]}
