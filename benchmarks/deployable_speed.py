@@ -35,7 +35,7 @@ from torch import nn
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
 from modelpress.distill import DistillConfig, distill
-from modelpress.encode import save_compressed
+from modelpress.encode import load_compressed, save_compressed
 from modelpress.export import export_onnx, load_onnx
 from modelpress.factorize import FactorizeConfig, factorize_, separable_student
 from modelpress.measure import count_flops, count_params, evaluate_accuracy, markdown_table, measure_latency, write_json
@@ -159,21 +159,18 @@ def collect_rows(name: str, forms: Forms) -> list[dict]:
     """Every form of one model: (row name, PyTorch module or None, ONNX file, file holding the form, FLOP source)."""
     splits = forms.splits
     structured = forms.cached("structured", forms.structured)
-    rows = [("original", forms.original), ("structured pruning 50% + fine-tune", structured),
-            ("low rank (Tucker-2 / SVD) + fine-tune", forms.cached("low_rank", forms.low_rank))]
+    rows = [("original", "original", forms.original), ("structured pruning 50% + fine-tune", "structured", structured),
+            ("low rank (Tucker-2 / SVD) + fine-tune", "low_rank", forms.cached("low_rank", forms.low_rank))]
     if any(isinstance(m, nn.Conv2d) for m in forms.original.modules()):
-        rows.append(("depthwise-separable, distilled", forms.cached("separable", forms.separable)))
+        rows.append(("depthwise-separable, distilled", "separable", forms.cached("separable", forms.separable)))
     out = []
-    for label, module in rows:
-        file = forms.folder / f"{_slug(label)}.mpk"
-        save_model(module, file)
-        onnx = forms.folder / f"{_slug(label)}.onnx"
+    for label, cache_name, module in rows:
+        onnx = forms.folder / f"{cache_name}.onnx"
         export_onnx(module, onnx)  # always: a retrained form must not meet a stale file
-        out.append({"model": name, "form": label, "module": module, "onnx": onnx, "file": file, "flops_of": module})
+        out.append({"model": name, "form": label, "module": module, "onnx": onnx,
+                    "file": forms.folder / f"{cache_name}.mpk", "flops_of": module})
     for kind in ("binary", "ternary"):
         mpz = forms.low_bit(kind)
-        from modelpress.encode import load_compressed
-
         module = load_compressed(mpz)[0]
         label = "binary weights (BWN)" if kind == "binary" else "ternary weights (TWN)"
         out.append({"model": name, "form": f"{label} + training", "module": module, "onnx": None,
@@ -195,7 +192,7 @@ def collect_rows(name: str, forms: Forms) -> list[dict]:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text)[:40]
+    return "".join(c if c.isalnum() else "_" for c in text)
 
 
 def time_rows(rows: list[dict], input_shape: tuple[int, ...], threads: int, rounds: int) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.data.base import DataSplits
-from modelpress.distill import DistillConfig, build_teacher_store
+from modelpress.distill import DistillConfig, DistillationObjective, build_teacher_store
 from modelpress.distill.attention import (
     AttentionConfig,
     AttentionTransferObjective,
@@ -23,7 +23,6 @@ from modelpress.distill.fsp import (
     fsp_distill,
 )
 from modelpress.distill.hints import (
-    AnnealedKDObjective,
     HintConfig,
     HintRegressor,
     LinearAlphaAnneal,
@@ -110,7 +109,7 @@ def test_hint_config_validation_names_the_field(kwargs, field):
 def test_annealed_alpha_is_linear_from_start_to_zero():
     assert [annealed_alpha(e, 5, 0.8) for e in range(5)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0])
     assert annealed_alpha(0, 1, 0.7) == 0.7
-    objective = AnnealedKDObjective(ModuleTeacher(_teacher()), DistillConfig(alpha=0.9))
+    objective = DistillationObjective(ModuleTeacher(_teacher()), DistillConfig(alpha=0.9))
     LinearAlphaAnneal(objective, 0.9, 4).on_epoch_start(3, None)
     assert objective.alpha == 0.0
     # alpha 0 is plain cross-entropy on the labels

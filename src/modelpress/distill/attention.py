@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.data.base import DataSplits
-from modelpress.distill.core import DistillConfig
+from modelpress.distill.core import DistillConfig, teacher_weight
 from modelpress.distill.feature_losses import attention_transfer_loss
 from modelpress.distill.features import (
     FeatureTap,
@@ -90,10 +90,6 @@ class AttentionTransferObjective:
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         self.epoch = epoch
 
-    def _alpha(self) -> float:
-        kd_epochs = getattr(self.config.kd, "kd_epochs", None)
-        return 0.0 if kd_epochs is not None and self.epoch >= kd_epochs else self.config.kd.alpha
-
     def transfer_losses(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(sum_pairs AT, student logits (B, C), teacher logits (B, C))`` for a batch ``x``."""
         with torch.no_grad(), FeatureTap(self.teacher, self.teacher_layers, detach=True) as t_tap:
@@ -107,7 +103,7 @@ class AttentionTransferObjective:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         at, student_logits, teacher_logits = self.transfer_losses(model, x)
         kd = self.config.kd
-        task = mixed_distillation_loss(student_logits, teacher_logits, y, alpha=self._alpha(),
+        task = mixed_distillation_loss(student_logits, teacher_logits, y, alpha=teacher_weight(kd, self.epoch),
                                        temperature=kd.temperature, method=kd.method.value)
         return task + self.config.beta / 2 * at
 
@@ -167,6 +163,6 @@ def attention_transfer(
     objective = AttentionTransferObjective(teacher, resolved)
     result = train(student, data, config.kd.train, objective=objective, val_loader=val_loader,
                    checkpoint_path=checkpoint_path, resume=resume, progress=progress,
-                   callbacks=[objective, *callbacks], log=log, description="attention transfer")
+                   callbacks=callbacks, log=log, description="attention transfer")
     student.distill_result, student.attention_pairs = result, pairs
     return student

@@ -60,6 +60,14 @@ class DistillConfig:
             raise ConfigError(f"kd_epochs must be None or an integer >= 1; got {self.kd_epochs!r}")
 
 
+def teacher_weight(config: DistillConfig, epoch: int, alpha: float | None = None) -> float:
+    """The teacher term's weight at ``epoch`` (from 0): ``alpha`` (default ``config.alpha``), or 0 once
+    early-stopped KD (``config.kd_epochs``) has switched to hard labels."""
+    if config.kd_epochs is not None and epoch >= config.kd_epochs:
+        return 0.0
+    return config.alpha if alpha is None else alpha
+
+
 class DistillationObjective:
     """Training objective ``(model, x, y, idx) -> loss`` that asks ``teacher`` for targets.
 
@@ -67,11 +75,13 @@ class DistillationObjective:
     ``config.kd_epochs`` set it switches to hard labels only from epoch ``kd_epochs`` on (counted
     from 0). ``train`` calls ``on_epoch_start`` for every epoch it runs, a resumed run included, so
     the epoch needs no checkpointing and the objective stays a plain object (checkpoints unchanged).
+    ``alpha`` starts at ``config.alpha``; a schedule may set it each epoch (FitNets anneals it).
     """
 
     def __init__(self, teacher: Teacher, config: DistillConfig) -> None:
         self.teacher = teacher
         self.config = config
+        self.alpha = config.alpha
         self.epoch = 0
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
@@ -83,13 +93,14 @@ class DistillationObjective:
         return self.config.kd_epochs is None or self.epoch < self.config.kd_epochs
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        if not self.uses_teacher:  # early-stopped KD: the teacher is not even run any more
+        alpha = teacher_weight(self.config, self.epoch, self.alpha)
+        if alpha == 0.0:  # hard labels only (early-stopped KD, an annealed weight): the teacher is not even run
             return F.cross_entropy(model(x), y)
         teacher_logits = self.teacher(x, idx)  # (B, C), no grad
         student_logits = model(x)  # (B, C)
         return mixed_distillation_loss(
             student_logits, teacher_logits, y,
-            alpha=self.config.alpha, temperature=self.config.temperature, method=self.config.method.value,
+            alpha=alpha, temperature=self.config.temperature, method=self.config.method.value,
         )
 
 
@@ -164,7 +175,7 @@ def distill(
     objective = DistillationObjective(teacher, config)
     result: TrainResult = train(
         student, data, config.train, objective=objective, val_loader=val_loader,
-        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=(objective, *callbacks), log=log,
+        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=callbacks, log=log,
         description=f"distill ({config.method.value})",
     )
     student.distill_result = result

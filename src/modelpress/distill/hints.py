@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.data.base import DataSplits
-from modelpress.distill.core import DistillConfig
+from modelpress.distill.core import DistillConfig, DistillationObjective
 from modelpress.distill.feature_losses import hint_loss
 from modelpress.distill.features import (
     check_stage_config,
@@ -30,11 +30,10 @@ from modelpress.distill.features import (
     stage_loader,
     stage_path,
 )
-from modelpress.distill.losses import mixed_distillation_loss
-from modelpress.distill.teachers import ModuleTeacher, Teacher
+from modelpress.distill.teachers import ModuleTeacher
 from modelpress.train import TrainConfig, TrainResult, train
 
-__all__ = ["HintRegressor", "HintConfig", "HintObjective", "AnnealedKDObjective", "LinearAlphaAnneal",
+__all__ = ["HintRegressor", "HintConfig", "HintObjective", "LinearAlphaAnneal",
            "annealed_alpha", "fit_hints", "fitnets"]
 
 
@@ -156,40 +155,6 @@ def annealed_alpha(epoch: int, epochs: int, start: float) -> float:
     return start * (1.0 - min(epoch, epochs - 1) / (epochs - 1))
 
 
-class AnnealedKDObjective:
-    """Hinton KD with a mutable weight ``alpha``: ``(1 - alpha) CE(z_s, y) + alpha T^2 KL(p_T || q_T)``.
-
-    ``DistillationObjective`` reads its alpha from a frozen config; this one keeps the current
-    alpha as state, which :class:`LinearAlphaAnneal` sets each epoch. With ``config.kd_epochs`` set,
-    alpha is 0 from that epoch on (and the teacher is no longer run).
-
-    Args:
-        teacher: a :class:`~modelpress.distill.teachers.Teacher` (``ModuleTeacher(module)``).
-        config: temperature, method, initial alpha and ``kd_epochs``.
-    """
-
-    def __init__(self, teacher: Teacher, config: DistillConfig) -> None:
-        self.teacher, self.config = teacher, config
-        self.alpha, self.epoch = config.alpha, 0
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.epoch = epoch
-
-    def current_alpha(self) -> float:
-        """The alpha in force, after ``kd_epochs`` (early-stopped KD) is taken into account."""
-        kd_epochs = getattr(self.config, "kd_epochs", None)
-        return 0.0 if kd_epochs is not None and self.epoch >= kd_epochs else self.alpha
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        alpha = self.current_alpha()
-        student_logits = model(x)  # (B, C)
-        if alpha == 0.0:  # hard labels only: no need to run the teacher
-            return F.cross_entropy(student_logits, y)
-        teacher_logits = self.teacher(x, idx)  # (B, C), no grad
-        return mixed_distillation_loss(student_logits, teacher_logits, y, alpha=alpha,
-                                       temperature=self.config.temperature, method=self.config.method.value)
-
-
 class LinearAlphaAnneal:
     """Training callback: at each epoch's start, set ``objective.alpha = annealed_alpha(epoch, epochs, start)``.
 
@@ -197,7 +162,7 @@ class LinearAlphaAnneal:
     is a function of the epoch alone and needs no checkpointing.
     """
 
-    def __init__(self, objective: AnnealedKDObjective, start: float, epochs: int) -> None:
+    def __init__(self, objective: DistillationObjective, start: float, epochs: int) -> None:
         self.objective, self.start, self.epochs = objective, start, epochs
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
@@ -328,10 +293,10 @@ def fitnets(
     """
     hint_result, _ = fit_hints(student, teacher, data, config, checkpoint_path=stage_path(checkpoint_path, 1),
                                resume=resume, progress=progress, callbacks=callbacks, log=log)
-    objective = AnnealedKDObjective(ModuleTeacher(teacher), config.kd)
+    objective = DistillationObjective(ModuleTeacher(teacher), config.kd)
     schedule = [LinearAlphaAnneal(objective, config.kd.alpha, config.kd.train.epochs)] if config.anneal else []
     result = train(student, data, config.kd.train, objective=objective, val_loader=val_loader,
                    checkpoint_path=stage_path(checkpoint_path, 2), resume=resume, progress=progress,
-                   callbacks=[objective, *schedule, *callbacks], log=log, description="fitnets kd")
+                   callbacks=[*schedule, *callbacks], log=log, description="fitnets kd")
     student.hint_result, student.distill_result = hint_result, result
     return student
