@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 from modelpress.core.errors import ConfigError, ModelFileError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.measure.metrics import predict_logits
+from modelpress.models.ensemble import mixture_log_probs, normalized_weights
 
 
 class Teacher:
@@ -60,17 +60,10 @@ class EnsembleTeacher(Teacher):
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None, combine: str = "probs") -> None:
         if not members:
             raise ConfigError("an ensemble teacher needs at least one member")
-        if weights is None:
-            weights = [1.0] * len(members)
-        if len(weights) != len(members):
-            raise ConfigError(f"{len(members)} ensemble members but {len(weights)} weights")
-        w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
-        if (w < 0).any() or not w.sum() > 0 or not torch.isfinite(w).all():
-            raise ConfigError(f"ensemble weights must be non-negative and not all zero; got {list(weights)}")
         if combine not in ("probs", "logits"):
             raise ConfigError(f"combine must be 'probs' or 'logits'; got {combine!r}")
         self.members = [m.eval() for m in members]
-        self.weights = w / w.sum()  # (M,)
+        self.weights = normalized_weights(weights, len(members))  # (M,)
         self.combine = combine
 
     @torch.no_grad()
@@ -80,11 +73,9 @@ class EnsembleTeacher(Teacher):
         if len(sizes) != 1:
             raise ShapeError(f"ensemble members disagree on the number of classes: {sorted(sizes)}")
         stacked = torch.stack(outputs)  # (M, B, C)
-        w = self.weights.view(-1, 1, 1)
         if self.combine == "logits":
-            return (w * stacked).sum(0)
-        # log sum_m w_m softmax(z_m), computed stably in log space
-        return torch.logsumexp(torch.log(w) + F.log_softmax(stacked, dim=-1), dim=0)  # (B, C)
+            return (self.weights.view(-1, 1, 1) * stacked).sum(0)
+        return mixture_log_probs(stacked, self.weights)  # (B, C), the same maths as EnsembleModel
 
 
 STORE_FORMAT = "modelpress-teacher-store"

@@ -78,16 +78,54 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass on one example (a multiply-add counts 2), by ``torch.utils.flop_counter``.
 
     Only matrix multiplications and convolutions are counted, which dominate every model in the zoo.
+    Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) whose fused CPU kernel the counter cannot see
+    inside (``nn.LSTM`` on torch 2.13; ``nn.GRU`` decomposes into counted matmuls) get their gate
+    matmuls counted by :func:`recurrent_flops` instead, so LSTMs and CNNs compare on one scale.
     """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
+    unseen: list[int] = []
+    handles = [h for m in model.modules() if isinstance(m, nn.RNNBase) for h in _count_unseen_recurrent(m, counter, unseen)]
     try:
         with torch.no_grad(), counter:
             model(torch.zeros(1, *input_shape))
     finally:
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) + sum(unseen)
+
+
+def recurrent_flops(rnn: nn.RNNBase, steps: int) -> int:
+    """Matmul FLOPs of ``rnn`` over ``steps`` (time steps x sequences): per step, layer and direction
+    ``2 G H (in + H_r)`` for the input and recurrent gate matmuls (``G`` = 4 LSTM, 3 GRU, 1 RNN gates;
+    ``H_r`` = ``proj_size`` or ``H``), plus ``2 H P`` for an LSTM projection of size ``P``."""
+    gates = {"LSTM": 4, "GRU": 3}.get(rnn.mode, 1)
+    proj = getattr(rnn, "proj_size", 0)
+    out = proj or rnn.hidden_size
+    directions = 2 if rnn.bidirectional else 1
+    total = 0
+    for layer in range(rnn.num_layers):
+        width = rnn.input_size if layer == 0 else out * directions
+        total += directions * (2 * gates * rnn.hidden_size * (width + out) + 2 * rnn.hidden_size * proj)
+    return total * steps
+
+
+def _count_unseen_recurrent(rnn: nn.RNNBase, counter: FlopCounterMode, unseen: list[int]) -> list:
+    """Hooks that add :func:`recurrent_flops` to ``unseen`` when the counter saw nothing during ``rnn``'s call."""
+    before: list[int] = []
+
+    def pre(module, args):
+        before.append(counter.get_total_flops())
+
+    def post(module, args, output):
+        x = args[0]
+        steps = x.data.shape[0] if isinstance(x, nn.utils.rnn.PackedSequence) else x.numel() // rnn.input_size
+        if counter.get_total_flops() == before.pop():
+            unseen.append(recurrent_flops(rnn, steps))
+
+    return [rnn.register_forward_pre_hook(pre), rnn.register_forward_hook(post)]
 
 
 @dataclass(frozen=True)

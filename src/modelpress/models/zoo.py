@@ -364,3 +364,7 @@ def _build_mobilenetv2_tiny(args: str, input_shape, num_classes, options) -> nn.
         raise ConfigError(f"mobilenetv2_tiny width must be positive, got {opts['width']}")
     c, _, _ = _require_image("mobilenetv2_tiny", input_shape)
     return MobileNetV2Tiny(c, num_classes, float(opts["width"]), int(opts["last_channels"]))
+
+
+# Sequence models live in their own file; importing it registers lstm, gru and cnn1d here.
+from modelpress.models import sequence as _sequence  # noqa: E402,F401
