@@ -87,3 +87,29 @@ def test_bad_index_bits_are_refused_before_any_training():
         DeepCompressionConfig(index_bits_conv=40)
     with pytest.raises(ConfigError, match=r"layer_sparsity\['net.1'\] must be in \[0, 1\)"):
         PruneConfig(layer_sparsity={"net.1": 1.0})
+
+
+def test_gradual_pruning_reaches_every_layer_target_inside_one_retraining_run(tiny_splits, tmp_path):
+    from modelpress.pipeline.gradual import ScaledGradualPruning
+
+    model = trained_mlp(tiny_splits)
+    targets = {"net.1": 0.9, "net.3": 0.8, "net.5": 0.5}
+    config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.0, layer_sparsity=targets), gradual=0.5,
+                                   prune_retrain=TrainConfig(epochs=4, batch_size=32, lr=0.01, seed=0),
+                                   quantize=QuantizeConfig(bits_fc=4),
+                                   quantize_retrain=TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-4, seed=0),
+                                   self_distill=DistillConfig(temperature=2.0, alpha=0.9))
+    result = deep_compress(model, tiny_splits, config, tmp_path / "g.mpz", progress=False)
+    for name, target in targets.items():
+        weight = result.loaded_model.get_submodule(name).weight
+        assert abs(float((weight == 0).float().mean()) - target) < 0.01, name
+    assert result.compressed["accuracy"] > 0.8
+
+    # the ramp: nothing pruned at the start, cubic in between, the full targets from end_step on
+    ramp = ScaledGradualPruning(PruneConfig(layer_sparsity=targets), end_step=100, every=10)
+    assert ramp.fraction_at(0) == 0 and ramp.fraction_at(100) == ramp.fraction_at(400) == 1
+    assert ramp.fraction_at(50) == pytest.approx(1 - 0.5**3)
+    with pytest.raises(ConfigError, match="gradual"):
+        DeepCompressionConfig(gradual=1.5)
+    with pytest.raises(ConfigError, match="prune_retrain"):
+        DeepCompressionConfig(gradual=0.5, prune_retrain=None)

@@ -1,7 +1,9 @@
-"""Encoding: relative-index sparse storage, Huffman and ANS coding, and the compressed model file."""
+"""Encoding: relative-index sparse storage, context-coded sparsity masks, Huffman and ANS coding, and the
+compressed model file."""
 
 from modelpress.encode.container import MAGIC, StreamInfo, is_compressed_file, load_compressed, read_manifest, save_compressed
 from modelpress.encode.huffman import HuffmanStream, canonical_codes, entropy_bits, huffman_lengths
+from modelpress.encode.mask import decode_mask, encode_mask
 from modelpress.encode.sparse import from_relative, to_relative
 
 __all__ = [
@@ -9,6 +11,8 @@ __all__ = [
     "HuffmanStream",
     "StreamInfo",
     "canonical_codes",
+    "decode_mask",
+    "encode_mask",
     "entropy_bits",
     "from_relative",
     "huffman_lengths",

@@ -19,6 +19,11 @@ A binary or ternary layer with one scale per layer is such a weight (2 or 3 valu
 with ``"codebook": "row_magnitudes"``: one float32 magnitude per row plus labels 0 / 1 / 2 for
 0 / -m / +m. Only files that use this are written as version 2; every other file stays version 1,
 which older readers open.
+
+Version 3 adds the context-coded mask layout (``"sparse": "mask"``, see ``mask.py``): the positions
+of the kept weights as a bit mask coded with per-row x per-column probabilities, then the labels of
+the kept weights only. It is chosen per tensor where it is smaller than relative indices; a file
+in which no tensor uses it is written exactly as before (version 1 or 2).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import json
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,31 +41,22 @@ from torch import nn
 
 from modelpress.core.errors import ModelFileError
 from modelpress.core.io import atomic_write
-from modelpress.encode import ans, huffman
+from modelpress.encode.mask import decode_masked_labels, encode_masked_labels
 from modelpress.encode.sparse import from_relative, to_relative
+from modelpress.encode.streams import StreamInfo
+from modelpress.encode.streams import code_stream as _code_stream
+from modelpress.encode.streams import decode_stream as _decode_stream
 from modelpress.models.zoo import ModelSpec, build_from_spec
 from modelpress.prune.magnitude import effective_weight, prunable_layers
 from modelpress.quantize.binary import is_binarized, quantized_weight
 from modelpress.quantize.sharing import _shared_weight, is_shared
 
 MAGIC = b"MPRESSZ\0"
-VERSION = 2  # the newest format this module reads; it writes 1 unless a tensor needs row magnitudes
+VERSION = 3  # the newest format this module reads; it writes 1 unless a tensor needs row magnitudes (2) or a mask (3)
 ROW_MAGNITUDES = "row_magnitudes"
 _HEADER = struct.Struct("<8sHHI")
 MAX_SHARED_VALUES = 1 << 16
 FLAG_ZLIB_MANIFEST = 1
-
-
-@dataclass
-class StreamInfo:
-    """What one coded stream cost: used by reports (bits per symbol beside the entropy)."""
-
-    codec: str
-    n_symbols: int
-    nbytes: int
-    entropy_bits: float
-    huffman_bytes: int
-    ans_bytes: int
 
 
 def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -80,40 +75,6 @@ def _effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
         elif attr not in ("weight_mask", "weight_labels", "weight_keep"):
             state[key] = value.detach()
     return state
-
-
-def _code_stream(symbols: np.ndarray, alphabet: int) -> tuple[dict, bytes, StreamInfo]:
-    """Code one integer stream with Huffman and with ANS; keep the smaller."""
-    h = huffman.encode(symbols, alphabet)
-    a = ans.encode(symbols, alphabet)
-    info = StreamInfo("huffman", int(symbols.size), h.nbytes(), huffman.entropy_bits(symbols, alphabet), h.nbytes(), a.nbytes())
-    if a.nbytes() < h.nbytes():
-        info.codec, info.nbytes = "ans", a.nbytes()
-        blob = a.counts.astype("<u4").tobytes() + a.words.astype("<u4").tobytes()
-        return {"codec": "ans", "alphabet": alphabet, "n": int(symbols.size), "words": int(a.words.size)}, blob, info
-    blob = h.lengths.tobytes() + h.block_offsets.astype("<u4").tobytes() + h.data
-    meta = {"codec": "huffman", "alphabet": alphabet, "n": int(symbols.size), "n_bits": h.n_bits, "block": h.block,
-            "blocks": int(h.block_offsets.size), "data_bytes": len(h.data)}
-    return meta, blob, info
-
-
-def _decode_stream(meta: dict, blob: bytes) -> np.ndarray:
-    alphabet, n = int(meta["alphabet"]), int(meta["n"])
-    if meta["codec"] == "ans":
-        expected = 4 * (alphabet + int(meta["words"]))
-        if len(blob) != expected:
-            raise ModelFileError(f"ANS stream has {len(blob)} bytes, expected {expected}")
-        counts = np.frombuffer(blob[: 4 * alphabet], dtype="<u4")
-        return ans.decode(ans.AnsStream(counts, np.frombuffer(blob[4 * alphabet :], dtype="<u4"), n))
-    if meta["codec"] != "huffman":
-        raise ModelFileError(f"unknown codec {meta['codec']!r}")
-    blocks, data_bytes = int(meta["blocks"]), int(meta["data_bytes"])
-    if len(blob) != alphabet + 4 * blocks + data_bytes:
-        raise ModelFileError("Huffman stream has the wrong number of bytes")
-    lengths = np.frombuffer(blob[:alphabet], dtype=np.uint8)
-    offsets = np.frombuffer(blob[alphabet : alphabet + 4 * blocks], dtype="<u4")
-    stream = huffman.HuffmanStream(lengths, blob[alphabet + 4 * blocks :], int(meta["n_bits"]), n, int(meta["block"]), offsets)
-    return huffman.decode(stream)
 
 
 def codebook_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -140,8 +101,9 @@ def row_magnitudes_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.nd
 
 
 def _encode_labels(codebook: torch.Tensor, labels: np.ndarray, alphabet: int, index_bits: int,
-                   extra: dict) -> tuple[dict, list[bytes], list[StreamInfo]]:
-    """A float32 codebook plus labels (0 = zero) in the relative-index sparse format, both streams coded."""
+                   extra: dict, rows: int | None = None) -> tuple[dict, list[bytes], list[StreamInfo]]:
+    """A float32 codebook plus labels (0 = zero) in the relative-index sparse format, both streams coded;
+    or, with ``rows`` and where it is smaller, in the context-coded mask layout (``mask.py``)."""
     gaps, stored = to_relative(labels, index_bits)
     label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)
     gap_meta, gap_blob, gap_info = _code_stream(gaps.astype(np.int64), 1 << index_bits)
@@ -149,32 +111,45 @@ def _encode_labels(codebook: torch.Tensor, labels: np.ndarray, alphabet: int, in
     meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "kept": int((labels > 0).sum()),
             "centroids": int(codebook.numel()), **extra,
             "labels": label_meta, "gaps": gap_meta, "parts": [len(centroids), len(label_blob), len(gap_blob)]}
-    return meta, [centroids, label_blob, gap_blob], [label_info, gap_info]
+    relative = meta, [centroids, label_blob, gap_blob], [label_info, gap_info]
+    masked = encode_masked_labels(labels, rows, alphabet, int(gaps.size), gap_info) if rows else None
+    if masked is None:
+        return relative
+    mask_fields, (mask_labels, mask_blob), infos = masked
+    meta = {**{k: v for k, v in meta.items() if k != "gaps"}, **mask_fields,
+            "parts": [len(centroids), len(mask_labels), len(mask_blob)]}
+    candidate = meta, [centroids, mask_labels, mask_blob], infos
+    # the mask layout's manifest entry is longer: count both entries as written (compressed)
+    return min(relative, candidate, key=lambda c: sum(map(len, c[1])) + len(zlib.compress(json.dumps(c[0]).encode(), 9)))
 
 
-def _encode_shared(weight: torch.Tensor, index_bits: int) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
+def _encode_shared(weight: torch.Tensor, index_bits: int,
+                   context_masks: bool = True) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
     """Codebook + sparse labels for a weight with few distinct non-zero values (one codebook for the
     layer, or one magnitude per row, whichever file is smaller), else None."""
     nonzero_values, labels = codebook_and_labels(weight)
+    mask_rows = weight.shape[0] if context_masks and weight.dim() >= 2 else None  # None: relative indices only
     candidates = []
     if nonzero_values.numel() <= MAX_SHARED_VALUES and nonzero_values.numel() <= weight.numel() // 4:
-        candidates.append(_encode_labels(nonzero_values, labels, nonzero_values.numel() + 1, index_bits, {}))
+        candidates.append(_encode_labels(nonzero_values, labels, nonzero_values.numel() + 1, index_bits, {}, mask_rows))
     if nonzero_values.numel() > 2:  # with at most two values one layer-wide codebook is never larger
         rows = row_magnitudes_and_labels(weight)
         if rows is not None and rows[0].numel() <= weight.numel() // 4:
-            candidates.append(_encode_labels(rows[0], rows[1], 3, index_bits, {"codebook": ROW_MAGNITUDES}))
+            candidates.append(_encode_labels(rows[0], rows[1], 3, index_bits, {"codebook": ROW_MAGNITUDES}, mask_rows))
     # None: a dense float tensor, for which raw float32 is smaller
     return min(candidates, key=lambda c: sum(len(part) for part in c[1]), default=None)
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits_fc: int = 5, index_bits_conv: int = 8,
-                    spec: ModelSpec | None = None, extra: dict | None = None) -> dict:
+                    spec: ModelSpec | None = None, extra: dict | None = None, context_masks: bool = True) -> dict:
     """Write ``model`` (pruned and/or weight-shared, binary/ternary, or plain) as a compressed file, atomically.
 
     Args:
         model: a zoo model, possibly with masks, shared or binary/ternary weights still attached.
         index_bits_fc: bits per relative index of fully connected layers (the paper: 5).
         index_bits_conv: the same for convolutions (the paper: 8).
+        context_masks: let a weight of 2 or more dimensions use the context-coded mask layout where
+            that is smaller (a version-3 file); False writes only the layouts version 1/2 readers know.
 
     Returns:
         Per-tensor stats: ``{name: {"kind", "bytes", "streams": [StreamInfo...]}}``.
@@ -186,7 +161,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
                   for name, m in prunable_layers(model).items()}
     entries, blobs, stats, offset = [], [], {}, 0
     for name, tensor in _effective_state(model).items():
-        encoded = _encode_shared(tensor, index_bits[name]) if name in index_bits else None
+        encoded = _encode_shared(tensor, index_bits[name], context_masks) if name in index_bits else None
         if encoded is None:
             parts = [tensor.detach().contiguous().cpu().numpy().tobytes()]
             meta, infos = {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, []
@@ -200,7 +175,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
         offset += len(blob)
     manifest = zlib.compress(json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
                                          "tensors": entries}, separators=(",", ":")).encode(), 9)
-    version = 2 if any(entry.get("codebook") == ROW_MAGNITUDES for entry in entries) else 1
+    version = (3 if any(entry.get("sparse") == "mask" for entry in entries)
+               else 2 if any(entry.get("codebook") == ROW_MAGNITUDES for entry in entries) else 1)
     body = _HEADER.pack(MAGIC, version, FLAG_ZLIB_MANIFEST, len(manifest)) + manifest + b"".join(blobs)
     with atomic_write(path) as tmp:
         tmp.write_bytes(body + hashlib.sha256(body).digest())
@@ -255,9 +231,13 @@ def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
     if sum(sizes) != len(blob) or sizes[0] != 4 * int(entry["centroids"]):
         raise ModelFileError("part sizes do not add up")
     centroids = np.frombuffer(blob[: sizes[0]], dtype="<f4")
-    stored = _decode_stream(entry["labels"], blob[sizes[0] : sizes[0] + sizes[1]])
-    gaps = _decode_stream(entry["gaps"], blob[sizes[0] + sizes[1] :])
-    labels = from_relative(gaps, stored, numel)
+    label_blob, index_blob = blob[sizes[0] : sizes[0] + sizes[1]], blob[sizes[0] + sizes[1] :]
+    if entry.get("sparse", "relative") == "mask":
+        labels = decode_masked_labels(entry, label_blob, index_blob, shape)
+    elif entry.get("sparse", "relative") == "relative":
+        labels = from_relative(_decode_stream(entry["gaps"], index_blob), _decode_stream(entry["labels"], label_blob), numel)
+    else:
+        raise ModelFileError(f"unknown sparse layout {entry['sparse']!r}")
     if entry.get("codebook", "values") == ROW_MAGNITUDES:
         return torch.from_numpy(_row_magnitude_values(centroids, labels, shape)).reshape(shape)
     if entry.get("codebook", "values") != "values":

@@ -9,6 +9,8 @@ import math
 
 
 def _stream_bytes(stream: dict) -> int:
+    if "nbytes" in stream:  # the context-coded mask (mask.py) records its size
+        return int(stream["nbytes"])
     if stream["codec"] == "ans":
         return 4 * (int(stream["alphabet"]) + int(stream["words"]))
     return int(stream["alphabet"]) + 4 * int(stream["blocks"]) + int(stream["data_bytes"])
@@ -35,7 +37,8 @@ def layer_rows(manifest: dict) -> list[dict]:
         # k = rows floats but only three label values: 0, -m_row, +m_row
         symbols = 3 if t.get("codebook") == "row_magnitudes" else k + 1
         weight_bits = max(1, math.ceil(math.log2(symbols)))
-        label_bytes, gap_bytes = _stream_bytes(t["labels"]), _stream_bytes(t["gaps"])
+        # the mask layout (version 3) codes positions as a mask instead of gaps; per entry all the same
+        label_bytes, gap_bytes = _stream_bytes(t["labels"]), _stream_bytes(t["gaps"] if "gaps" in t else t["mask"])
         codebook_bits = 32 * k
         dense_bits = 32 * numel
         rows.append({
@@ -93,7 +96,7 @@ BUDGET_HEADERS = ["Part", "Bytes (as written)", "All Huffman", "All ANS", "Entro
 
 def budget_rows(budget: dict) -> list[dict]:
     """:func:`byte_budget` as table rows: the coded streams under each codec, then the fixed parts."""
-    rows = [{"part": "weight labels" if s == "labels" else "relative indices",
+    rows = [{"part": "weight labels" if s == "labels" else "positions (relative indices or mask)",
              **{what: budget[f"{s}_{what}"] for what in ("bytes", "huffman", "ans", "entropy")}}
             for s in ("labels", "indices")]
     for part, key in (("codebooks (float32 centroids)", "codebooks"), ("raw tensors (biases, unshared)", "raw"),
