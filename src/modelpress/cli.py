@@ -29,7 +29,8 @@ EPILOG_COMPRESS = """examples:
 # Command modules that add their own sub-commands: each defines ``register(sub)``, which adds its
 # parsers and sets ``handler`` (a function of the parsed args) as a parser default. Keeping their
 # options beside their handlers stops this file from growing with every family.
-PLUGGED_COMMANDS: tuple[str, ...] = ()
+PLUGGED_COMMANDS: tuple[str, ...] = ("modelpress.commands_mimic", "modelpress.commands_recipes",
+                                     "modelpress.commands_distributed", "modelpress.commands_text")
 
 DISTILL_METHODS = ["hinton", "logits", "fitnets", "attention", "fsp", "early-stopped", "born-again", "self",
                    "assistant", "mutual", "specialists"]
@@ -93,6 +94,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jitter", type=int, default=0, metavar="PIXELS", help="shift training images by up to PIXELS")
     g.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--grad-compression", choices=["terngrad", "powersgd"], default=None,
+                   help="under torchrun: exchange ternary (TernGrad) or low-rank (PowerSGD) gradients, not fp32")
+    g.add_argument("--powersgd-rank", type=int, default=1, help="rank of PowerSGD's gradient factors (default 1)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -113,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a zoo architecture on a data set and save it as a .mpk file.")
     p.add_argument("--model", required=True, metavar="ARCH",
-                   help="mlp:H1-H2-..., lenet300_100, lenet5, vgg_mini[:BASE], mobilenetv2_tiny")
+                   help="mlp:H1-H2-..., lenet300_100, lenet5, vgg_mini[:BASE], mobilenetv2_tiny, cnn:C1-C2-..., "
+                        "shallow_cnn:C-H; for 1-D sequences lstm:H1-..., gru:H1-..., cnn1d[:C1-C2-...]")
     p.add_argument("--dropout", type=float, default=None, help="hidden-layer dropout (mlp, vgg_mini)")
+    p.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="any other architecture option, e.g. bidirectional=true, readout=last, pool=mean; repeatable")
     p.add_argument("--input-dropout", type=float, default=None, help="input dropout (mlp)")
     _add_data_args(p)
     _add_train_args(p)
@@ -133,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default=None, metavar="ARCH",
                    help="student architecture, e.g. mlp:800-800 (born-again and self: the teacher's own by default)")
     p.add_argument("--dropout", type=float, default=None, help="student hidden-layer dropout")
+    p.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="student architecture option (see `modelpress train --help`); repeatable")
     p.add_argument("--method", choices=DISTILL_METHODS, default="hinton", metavar="METHOD",
                    help="one of: " + ", ".join(DISTILL_METHODS) + " (default hinton). logits has unbounded gradients: "
                         "use --optimizer adam --lr 0.001")
@@ -193,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning in N steps (default 1)")
     g.add_argument("--retrain-epochs", type=int, default=5, help="retraining epochs after each pruning step")
     g.add_argument("--retrain-lr", type=float, default=0.01)
+    g.add_argument("--gradual", type=float, default=None, metavar="FRACTION",
+                   help="prune gradually within one retraining run of --retrain-epochs, reaching the targets after "
+                        "this fraction of it (Zhu & Gupta's ramp) instead of in --prune-steps steps")
     g.add_argument("--batch-size", type=int, default=128, help="batch size of retraining and fine-tuning")
     g = p.add_argument_group("quantization and coding")
     g.add_argument("--bits", default="fc=5,conv=8", help="bits per shared weight (default fc=5,conv=8)")
@@ -200,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-epochs", type=int, default=3, help="centroid fine-tuning epochs (0: none)")
     g.add_argument("--finetune-lr", type=float, default=1e-4, help="Adam learning rate of the centroids")
     g.add_argument("--index-bits", default="fc=5,conv=8", help="bits per relative sparse index")
+    g.add_argument("--no-context-masks", action="store_true",
+                   help="store every sparsity pattern as relative indices (readable by older modelpress), not the "
+                        "context-coded mask where that is smaller")
     g = p.add_argument_group("retraining against the uncompressed model (beyond the paper)")
     g.add_argument("--self-distill", action="store_true",
                    help="retrain and fine-tune with the uncompressed model's soft targets as well as the labels")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits, load_dataset
+from modelpress.distributed import is_main_process
 from modelpress.distill import DistillConfig
 from modelpress.measure import markdown_table, measure_model, write_json
 from modelpress.measure.plots import plot_weight_histograms
@@ -27,7 +29,7 @@ from modelpress.train import TrainConfig, train
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
-    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False) and is_main_process():
         print(line)
 
 
@@ -47,6 +49,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         max_norm=args.max_norm, grad_clip=args.grad_clip, patience=args.patience, jitter=args.jitter, seed=args.seed,
+        grad_compression=getattr(args, "grad_compression", None), powersgd_rank=getattr(args, "powersgd_rank", 1),
     )
 
 
@@ -66,6 +69,8 @@ def check_model_fits_data(spec: ModelSpec, splits: DataSplits, what: str) -> Non
 
 def _finish(args: argparse.Namespace, model, splits: DataSplits, extra: dict) -> dict:
     """Save the model, measure it on the test split, print a summary, drop the checkpoint."""
+    if not is_main_process():  # under torchrun every rank holds the same trained model: rank 0 writes it
+        return {}
     save_model(model, args.output, extra=extra)
     metrics = measure_model(model, splits.x_test, splits.y_test, path=args.output)
     _say(args, f"saved {args.output}: test accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors of "
@@ -77,19 +82,36 @@ def _finish(args: argparse.Namespace, model, splits: DataSplits, extra: dict) ->
     return {"output": str(args.output), **metrics}
 
 
+def model_options(args: argparse.Namespace) -> dict:
+    """Architecture options from ``--dropout``, ``--input-dropout`` and repeated ``--model-option KEY=VALUE``.
+
+    Values are read as JSON where they parse (``true``, ``3``, ``0.5``), else kept as text (``mean``).
+    """
+    options = {k: v for k, v in (("dropout", args.dropout), ("input_dropout", getattr(args, "input_dropout", None)))
+               if v is not None}
+    for item in getattr(args, "model_option", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     """``modelpress train``: build a zoo model, train it, save it, measure it."""
     splits = load_data_from_args(args)
     _say(args, f"data: {splits.describe()}")
     seed_everything(args.seed)
-    options = {k: v for k, v in (("dropout", args.dropout), ("input_dropout", args.input_dropout)) if v is not None}
-    model = build_model(args.model, splits.input_shape, splits.num_classes, **options)
+    model = build_model(args.model, splits.input_shape, splits.num_classes, **model_options(args))
     config = train_config_from_args(args)
     result = train(model, splits, config, checkpoint_path=f"{args.output}.ckpt", resume=args.resume,
                    progress=_progress(args), description=f"train {args.model}")
     extra = {"data": data_metadata(splits), "method": "train", "train": config.to_json(),
              "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
-    return _finish(args, model, splits, extra)
+    return _finish(args, model, splits, extra) or None  # other ranks than 0 report nothing
 
 
 def read_any_model(path) -> LoadedModel:
@@ -151,6 +173,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                           if args.finetune_epochs else None),
         index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
         self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
+        gradual=args.gradual, context_masks=not args.no_context_masks,
     )
     # the whole config is checked above, before the model and data are read or any training starts
     loaded = read_model_file(args.model)

@@ -12,11 +12,12 @@ from pathlib import Path
 from torch import nn
 
 from modelpress.commands import (_finish, _progress, _say, check_model_fits_data, data_metadata, load_data_from_args,
-                                 train_config_from_args)
+                                 model_options, train_config_from_args)
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
 from modelpress.data import DataSplits
+from modelpress.distributed import is_main_process
 from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
 from modelpress.measure import evaluate_accuracy, markdown_table
 from modelpress.models import build_model, read_model_file, save_model
@@ -32,7 +33,8 @@ def cmd_distill(args: argparse.Namespace) -> dict:
     alpha = args.alpha if args.alpha is not None else ALPHA_DEFAULTS.get(args.method, 0.9)
     kd = DistillConfig(method="logits" if args.method == "logits" else "hinton", temperature=args.temperature,
                        alpha=alpha, train=train_config_from_args(args))
-    return METHODS[args.method](args, splits, kd)
+    result = METHODS[args.method](args, splits, kd)
+    return result if is_main_process() else None  # under torchrun, rank 0 alone reports
 
 
 # ----- teachers and students ------------------------------------------------------------------------
@@ -87,8 +89,7 @@ def _student(args: argparse.Namespace, splits: DataSplits, seed_offset: int = 0)
     if not args.student:
         raise ConfigError(f"--method {args.method} needs a student architecture: --student ARCH (e.g. cnn:16-32-64)")
     seed_everything(args.seed + seed_offset)
-    options = {"dropout": args.dropout} if args.dropout is not None else {}
-    return build_model(args.student, splits.input_shape, splits.num_classes, **options)
+    return build_model(args.student, splits.input_shape, splits.num_classes, **model_options(args))
 
 
 def _extra(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig, teachers: list[str], **method_options) -> dict:

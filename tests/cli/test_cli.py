@@ -220,3 +220,32 @@ def test_compress_rejects_malformed_bit_specs(tiny_mnist_dir, tmp_path, capsys):
     corrupt = tmp_path / "bad.mpz"
     corrupt.write_bytes(b"MPZ\x00" + b"\x01" * 40)
     assert "bad.mpz" in one_error_line(capsys, ["inspect", str(corrupt)])
+
+
+def test_model_option_reaches_the_architecture(tmp_path):
+    from modelpress.models import load_model
+
+    out = tmp_path / "gru.mpk"
+    assert main(["train", "--model", "gru:8", "--model-option", "bidirectional=true", "--model-option", "readout=last",
+                 "--data", "mnist1d", "--limit", "64", "--limit-test", "32", "--epochs", "1", "--quiet", "-o", str(out)]) == 0
+    model = load_model(out)
+    assert model.modelpress_spec.options["bidirectional"] is True and model.modelpress_spec.options["readout"] == "last"
+    assert main(["train", "--model", "gru:8", "--model-option", "bidirectional", "--data", "mnist1d", "--limit", "64",
+                 "--epochs", "1", "-o", str(tmp_path / "x.mpk")]) == 2
+
+
+def test_compress_gradually_and_without_context_masks(tiny_mnist_dir, tmp_path, capsys):
+    from modelpress.encode.container import _HEADER
+
+    data = str(tiny_mnist_dir)
+    model = tmp_path / "m.mpk"
+    run_json(capsys, ["train", "--model", "mlp:64-32", "--data", data, "--val-size", "50", *FAST, "-o", str(model), "--json"])
+    common = ["--data", data, "--val-size", "50", "--sparsity", "0.9", "--bits", "fc=4", "--retrain-epochs", "2",
+              "--finetune-epochs", "0", "--batch-size", "64", "--quiet", "--json"]
+    gradual = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "-o", str(tmp_path / "g.mpz")])
+    assert gradual["rate"] > 5
+    run_json(capsys, ["compress", str(model), *common, "--no-context-masks", "-o", str(tmp_path / "plain.mpz")])
+    _, version, _, _ = _HEADER.unpack_from((tmp_path / "plain.mpz").read_bytes())
+    assert version == 1  # no context-coded masks: the first format, readable by older modelpress
+    assert "gradual" in one_error_line(capsys, ["compress", str(model), *common, "--gradual", "1.5",
+                                                "-o", str(tmp_path / "x.mpz")])

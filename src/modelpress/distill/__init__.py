@@ -1,13 +1,18 @@
 """Knowledge distillation: losses, teachers, ``distill`` and the family built on it.
 
 - logit level: :func:`distill` (Hinton soft targets, Ba & Caruana logit regression, early-stopped KD)
+- blending (Geras et al.): :func:`blend` distils the gamma-mixture of an LSTM and a CNN into one CNN
 - feature level: :func:`fitnets` (hints), :func:`attention_transfer`, :func:`fsp_distill`, over
   :class:`FeatureTap` (forward hooks by layer name on any ``nn.Module``)
+- any classifier as a teacher on tabular data: :func:`munge` / :func:`smear` synthetic rows,
+  :class:`ProbaTeacher` (``predict_proba`` objects, lists, modules), ``MimicMLPClassifier``
+  (Bucila et al.; scikit-learn API). The born-again *tree* is in :mod:`modelpress.trees`.
 - schemes: :func:`born_again`, :func:`self_compress`, :func:`teacher_assistant_chain`,
   :func:`mutual_learning` (codistillation), :func:`train_specialists`, the omitted-class experiment
 """
 
 from modelpress.distill.attention import AttentionConfig, AttentionTransferObjective, attention_transfer
+from modelpress.distill.blend import BlendConfig, BlendResult, GammaChoice, blend, blend_teacher, choose_gamma, score_gammas
 from modelpress.distill.core import DistillConfig, DistillMethod, DistillationObjective, check_compatible, distill
 from modelpress.distill.feature_losses import attention_map, attention_transfer_loss, fsp_loss, fsp_matrix, hint_loss
 from modelpress.distill.features import FeatureTap, feature_shapes, forward_until, layer_names, match_layers
@@ -17,8 +22,10 @@ from modelpress.distill.losses import logit_regression_loss, mixed_distillation_
 from modelpress.distill.mutual import Cohort, MutualConfig, MutualObjective, MutualResult, mutual_learning, mutual_pull
 from modelpress.distill.omitted import (apply_class_bias_, final_linear, fit_class_bias, omitted_class_experiment,
                                         omitted_class_report, without_class)
+from modelpress.distill.proba_teacher import ProbaTeacher, as_proba_teacher, fit_teacher
 from modelpress.distill.schemes import BornAgainResult, TeacherAssistantResult, born_again, self_compress, teacher_assistant_chain
 from modelpress.distill.specialists import SpecialistConfig, SpecialistEnsemble, confusable_clusters, train_specialists
+from modelpress.distill.synthetic import make_synthetic, munge, smear
 from modelpress.distill.teachers import (
     EnsembleTeacher,
     ModuleTeacher,
@@ -31,6 +38,8 @@ from modelpress.distill.teachers import (
 )
 
 __all__ = [
+    "MimicMLPClassifier", "ProbaTeacher", "TabularMLP", "as_proba_teacher", "fit_teacher", "make_synthetic", "munge", "smear",
+    "BlendConfig", "BlendResult", "GammaChoice", "blend", "blend_teacher", "choose_gamma", "score_gammas",
     "AttentionConfig", "AttentionTransferObjective", "BornAgainResult", "Cohort", "DistillConfig", "DistillMethod",
     "DistillationObjective", "EnsembleTeacher", "FSPConfig", "FSPObjective", "FeatureTap", "HintConfig", "HintRegressor",
     "ModuleTeacher", "MutualConfig", "MutualObjective", "MutualResult", "SpecialistConfig", "SpecialistEnsemble",
@@ -42,3 +51,12 @@ __all__ = [
     "omitted_class_experiment", "omitted_class_report", "precompute_teacher", "self_compress", "soft_target_loss",
     "teacher_assistant_chain", "train_specialists", "without_class",
 ]
+
+
+def __getattr__(name: str):
+    # The mimic estimator imports scikit-learn at load time; image-only work should not pay for that.
+    if name in {"MimicMLPClassifier", "TabularMLP"}:
+        from modelpress.distill import mimic
+
+        return getattr(mimic, name)
+    raise AttributeError(f"module 'modelpress.distill' has no attribute {name!r}")

@@ -46,16 +46,25 @@ class MutualConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        for name, low in (("peers", 2), ("burn_in_steps", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive; got {self.temperature}")
-        if not self.weight >= 0 or not math.isfinite(self.weight):
-            raise ConfigError(f"weight must be a finite number >= 0; got {self.weight}")
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig; got {type(self.train).__name__}")
+        check_pull_config(self, {"peers": 2, "burn_in_steps": 0})
+
+
+def check_pull_config(config, minimum_integers: dict[str, int]) -> None:
+    """Validate the settings every peer-pull method shares: ``temperature``, ``weight``, ``train`` and integer counts.
+
+    Raises:
+        ConfigError: naming the field and what it must be.
+    """
+    for name, low in minimum_integers.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+    if not config.temperature > 0:
+        raise ConfigError(f"temperature must be positive; got {config.temperature}")
+    if not config.weight >= 0 or not math.isfinite(config.weight):
+        raise ConfigError(f"weight must be a finite number >= 0; got {config.weight}")
+    if not isinstance(config.train, TrainConfig):
+        raise ConfigError(f"train must be a TrainConfig; got {type(config.train).__name__}")
 
 
 class Cohort(EnsembleModel):

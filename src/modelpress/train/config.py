@@ -15,6 +15,13 @@ class OptimizerName(str, Enum):
     ADAMW = "adamw"
 
 
+class GradCompression(str, Enum):
+    """How data-parallel ranks exchange gradients (only when launched on several processes)."""
+
+    TERNGRAD = "terngrad"
+    POWERSGD = "powersgd"
+
+
 class Schedule(str, Enum):
     CONSTANT = "constant"
     STEP = "step"
@@ -47,6 +54,15 @@ class TrainConfig:
             weights training started from count as epoch 0, so fine-tuning never ends worse.
         jitter: Hinton et al.'s input jitter: shift training images by up to this many pixels.
         seed: seeds shuffling, dropout and jitter; the same seed gives the same run.
+        grad_compression: under ``torchrun`` (several processes, DistributedDataParallel): ``None``
+            averages fp32 gradients by allreduce; ``terngrad`` sends stochastic ternary gradients
+            (Wen et al. 2017, 2 bits per element); ``powersgd`` sends rank-``powersgd_rank`` factors
+            (Vogels et al. 2019) after ``powersgd_start_iter`` plain steps. No effect in one process.
+        powersgd_rank: rank of PowerSGD's low-rank approximation of each weight gradient.
+        powersgd_start_iter: optimiser steps of plain allreduce before PowerSGD starts (>= 2: DDP
+            rebuilds its buckets after the first step).
+        terngrad_clip: TernGrad's gradient clipping, to ``c`` standard deviations of each layer's
+            gradient before ternarizing (the paper's c = 2.5); ``None`` does not clip (unbiased).
     """
 
     epochs: int = 10
@@ -64,9 +80,17 @@ class TrainConfig:
     restore_best: bool = True
     jitter: int = 0
     seed: int = 0
+    grad_compression: GradCompression | None = None
+    powersgd_rank: int = 1
+    powersgd_start_iter: int = 10
+    terngrad_clip: float | None = 2.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", coerce_enum(OptimizerName, self.optimizer, "optimizer"))
+        if self.grad_compression is not None:
+            object.__setattr__(self, "grad_compression",
+                               coerce_enum(GradCompression, self.grad_compression, "grad_compression"))
+        self._check_compression()
         object.__setattr__(self, "schedule", coerce_enum(Schedule, self.schedule, "schedule"))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "step_size": self.step_size}
         for name, value in positive.items():
@@ -84,6 +108,14 @@ class TrainConfig:
             raise ConfigError(f"patience must be at least 1 or None; got {self.patience}")
         if self.jitter < 0:
             raise ConfigError(f"jitter must be >= 0 pixels; got {self.jitter}")
+
+    def _check_compression(self) -> None:
+        for name, low in (("powersgd_rank", 1), ("powersgd_start_iter", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+        if self.terngrad_clip is not None and not self.terngrad_clip > 0:
+            raise ConfigError(f"terngrad_clip must be positive (standard deviations) or None; got {self.terngrad_clip}")
 
     def to_json(self) -> dict:
         """Plain JSON types (enums as their string values)."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from modelpress.core.errors import ConfigError, TrainingDivergedError
 from modelpress.data.base import DataSplits
 from modelpress.data.transforms import RandomShift
+from modelpress.distributed.ddp import DataParallel
 from modelpress.core.checkpoint import load_checkpoint, save_checkpoint
 from modelpress.models.io import add_missing_masks
 from modelpress.train.config import OptimizerName, Schedule, TrainConfig
@@ -120,6 +121,7 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     description: str = "train",
+    data_parallel: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -139,6 +141,12 @@ def train(
         progress: show a progress bar; ``None`` shows one only on a terminal. ``False`` also silences
             the per-epoch lines.
         log: receives one line per epoch (``None``: stderr unless ``progress`` is ``False``).
+        data_parallel: when launched on several processes (``torchrun``, or a process group the
+            caller initialised), train one model together: DistributedDataParallel with
+            ``config.grad_compression``, each rank on its shard of ``batch_size // world_size``
+            examples per step, metrics averaged, rank 0 alone logging and checkpointing (see
+            :mod:`modelpress.distributed.ddp`). ``False``: every process trains on its own, as in one
+            process (codistillation). Without a launcher both are the single-process loop.
 
     Returns:
         A :class:`TrainResult`; ``model`` holds the final (or best-validation) weights.
@@ -150,6 +158,9 @@ def train(
     show = _show_progress(progress)
     if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
+    dp = DataParallel.launch() if data_parallel else None
+    if dp is not None and not dp.is_main:  # rank 0 alone reports
+        show, log = False, (lambda line: None)
     if isinstance(data, DataSplits):
         train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
         val_loader = data.loader("val", 1024) if len(data.y_val) else None
@@ -157,6 +168,10 @@ def train(
         train_loader = data
     if config.patience is not None and val_loader is None:
         raise ConfigError("patience (early stopping) needs validation data")
+    if dp is not None:
+        train_loader = dp.shard(train_loader, config.seed)
+    elif config.grad_compression is not None:
+        log(f"grad_compression={config.grad_compression.value} has no effect in a single process (launch with torchrun)")
 
     hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
     if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
@@ -167,6 +182,10 @@ def train(
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         start_epoch = run.restore(checkpoint_path)
         log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+    if dp is not None:  # after restoring, before any validation: DDP gives every rank rank 0's weights
+        run.loss_fn = dp.wrap(model, objective, run.params, compression=config.grad_compression, seed=config.seed,
+                              powersgd_rank=config.powersgd_rank, powersgd_start_iter=config.powersgd_start_iter,
+                              terngrad_clip=config.terngrad_clip)
 
     # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
     # epochs are not candidates for "best", or restoring them would undo its work
@@ -178,19 +197,23 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         for cb in callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
+        if dp is not None:
+            dp.seed_epoch(config.seed, epoch)
         started = time.perf_counter()
         bar = tqdm(train_loader, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, disable=not show, file=sys.stderr)
         metrics = run.train_epoch(epoch, bar, callbacks, checkpoint_path)
         bar.close()
         if val_loader is not None:
             metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader)
-            if run.step >= settle_step:
-                run.track_best(epoch, metrics["val_accuracy"])
+        if dp is not None:  # averaged, so every rank picks the same best epoch and stops together
+            metrics = dp.reduce(metrics)
+        if val_loader is not None and run.step >= settle_step:
+            run.track_best(epoch, metrics["val_accuracy"])
         metrics["seconds"] = time.perf_counter() - started
         run.result.history.append(metrics)
         log(_format_epoch(metrics, config.epochs))
         stop = config.patience is not None and run.bad_epochs >= config.patience
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and (dp is None or dp.is_main):
             run.save(checkpoint_path, finished=stop)
         for cb in callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
@@ -199,6 +222,8 @@ def train(
             log(f"early stopping: no validation improvement for {config.patience} epochs")
             break
 
+    if dp is not None:
+        dp.close()
     if config.restore_best and run.best_state is not None:
         model.load_state_dict(run.best_state)
     model.eval()
@@ -215,6 +240,8 @@ class _Run:
             params += [p for p in objective.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = _make_optimizer(params, config)
+        # DistributedDataParallel replaces this with its own forward (see train's data_parallel)
+        self.loss_fn = lambda x, y, idx: objective(model, x, y, idx)
         self.scheduler = _make_scheduler(self.optimizer, config)
         self.jitter = RandomShift(config.jitter) if config.jitter else None
         self.result = TrainResult()
@@ -234,7 +261,7 @@ class _Run:
             x, y, idx = _split_batch(batch)
             if self.jitter is not None:
                 x = self.jitter(x, jitter_gen)
-            loss = self.objective(self.model, x, y, idx)
+            loss = self.loss_fn(x, y, idx)
             if not torch.isfinite(loss):
                 where = f"{checkpoint_path} (epoch {epoch})" if checkpoint_path and epoch > 0 else "none written yet"
                 raise TrainingDivergedError(
@@ -292,7 +319,8 @@ class _Run:
     def restore(self, path) -> int:
         """Load a checkpoint written by :meth:`save`; returns the epoch to continue from."""
         state = load_checkpoint(path)
-        if json.loads(state["config"]) != self.config.to_json():
+        # fields added since the checkpoint was written count at their defaults
+        if {**TrainConfig().to_json(), **json.loads(state["config"])} != self.config.to_json():
             raise ConfigError(f"checkpoint {path} was written with a different training config; "
                               "resume with the same settings or delete it to start over")
         add_missing_masks(self.model, state["model"])
