@@ -36,3 +36,13 @@ def test_tokenize_needs_two_tokens():
 
     with pytest.raises(ConfigError, match="max_len"):
         tokenize(lambda *a, **k: {}, ["x"], 1)
+
+
+def test_the_short_batch_comes_last_so_every_full_batch_stays_grouped():
+    sampler = LengthGroupedSampler(list(range(70)), 8, seed=0)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(iter(sampler))
+        assert sorted(order) == list(range(70))
+        spans = [max(order[i:i + 8]) - min(order[i:i + 8]) for i in range(0, 64, 8)]
+        assert max(spans) == 7  # lengths are the indices: each full batch is 8 neighbouring lengths

@@ -240,6 +240,18 @@ def test_save_load_roundtrip(distilled, task, tmp_path):
     with pytest.raises(ModelFileError, match="category names"):
         save_student(tmp_path / "bad", result.student, categories=["only one"])
     assert not (tmp_path / "bad").exists()
+    assert encode_texts(plain, [], projection=loaded.projection).shape == (0, 64)
+
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    for name, content in (("modelpress_text.json", b"{}"), ("modelpress_text.json", b"[]"),
+                          ("modelpress_text.safetensors", b"\x00" * 50), ("model.safetensors", b"\x07" * 100)):
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.copytree(folder, damaged)
+        (damaged / name).write_bytes(content)
+        with pytest.raises(ModelFileError):
+            load_student(damaged)
 
 
 def test_compare_rows(distilled, task):

@@ -77,8 +77,8 @@ def test_fuzzed_mask_streams_fail_cleanly(data):
         out = decode_mask(meta, bytes(blob), 12, 30)
     except ModelFileError:
         return
-    # a mutation that still decodes has to agree with the stored row and column counts
-    assert out.shape == (12, 30)
+    # a mutation that still decodes came out of the decoder's count checks: a boolean mask of the shape
+    assert out.shape == (12, 30) and out.dtype == bool
 
 
 def test_broken_mask_metadata_is_refused():
@@ -150,6 +150,20 @@ def test_fuzzed_mask_layout_tensor_payloads_fail_cleanly(tmp_path, data):
     except ModelFileError:
         return
     assert tensor.shape == tuple(entry["shape"])
+
+
+def test_a_labels_count_that_disagrees_with_the_mask_is_refused_before_decoding():
+    from modelpress.encode.mask import decode_masked_labels, encode_masked_labels
+
+    mask = structured_mask(20, 30, seed=4, density=0.2)
+    labels = np.where(mask.ravel(), 1 + np.arange(mask.size) % 3, 0)
+    from modelpress.encode.streams import StreamInfo
+
+    meta, (label_blob, mask_blob), _ = encode_masked_labels(labels, 20, 4, int(mask.sum()), StreamInfo("ans", 0, 0, 0.0, 0, 0))
+    np.testing.assert_array_equal(decode_masked_labels(meta, label_blob, mask_blob, [20, 30]), labels)
+    meta["labels"]["n"] = 30_000_000  # a crafted manifest must not make the decoder produce 30M symbols
+    with pytest.raises(ModelFileError, match="claims 30000000 symbols"):
+        decode_masked_labels(meta, label_blob, mask_blob, [20, 30])
 
 
 GOLDEN_V1 = "c5bb291ef8559862063a254e44870c19455bea9875f94b87a71998a8ff52dc74"

@@ -63,7 +63,11 @@ class LengthGroupedSampler(EpochShuffleSampler):
             chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1)
-        return iter([i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]])
+        shuffled = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+        # The DataLoader re-cuts this flat order every batch_size indices, so the one short batch (the
+        # last pool's remainder) must come last, or every batch after it would straddle two groups.
+        shuffled.sort(key=lambda batch: len(batch) < self.batch_size)
+        return iter([i for batch in shuffled for i in batch])
 
 
 def text_loader(tokenizer, texts: Sequence[str], labels: torch.Tensor | None = None, *, batch_size: int = 32,

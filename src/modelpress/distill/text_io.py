@@ -85,6 +85,7 @@ def load_student(folder: str | os.PathLike[str]) -> LoadedStudent:
     Raises:
         ModelFileError: the folder is not a modelpress text student, or its files are damaged.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(folder)
@@ -94,18 +95,20 @@ def load_student(folder: str | os.PathLike[str]) -> LoadedStudent:
     try:
         meta = json.loads((path / META_FILE).read_text())
         tensors = load_file(str(path / HEADS_FILE))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise ModelFileError(f"cannot read the head files of {path}: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("categories"), list) or "normalize" not in meta:
+        raise ModelFileError(f"{path / META_FILE} is damaged: it needs a 'categories' list and 'normalize'")
     encoder = load_encoder(path)
     classifier = TextClassifier.from_encoder(encoder, len(meta["categories"]), normalize=bool(meta["normalize"]))
+    projection = None
     try:
         classifier.head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
-    except (KeyError, RuntimeError) as err:
-        raise ModelFileError(f"the head in {path / HEADS_FILE} does not fit the encoder: {err}") from None
-    projection = None
-    if "projection.weight" in tensors:
-        weight = tensors["projection.weight"]
-        projection = nn.Linear(weight.shape[1], weight.shape[0])
-        projection.load_state_dict({"weight": weight, "bias": tensors["projection.bias"]})
+        if "projection.weight" in tensors:
+            weight = tensors["projection.weight"]
+            projection = nn.Linear(weight.shape[1], weight.shape[0])
+            projection.load_state_dict({"weight": weight, "bias": tensors["projection.bias"]})
+    except (KeyError, RuntimeError, IndexError) as err:
+        raise ModelFileError(f"the head or projection in {path / HEADS_FILE} does not fit the encoder: {err}") from None
     return LoadedStudent(classifier.eval(), encoder, projection, meta)
 

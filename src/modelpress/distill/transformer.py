@@ -124,13 +124,16 @@ def load_encoder(path_or_name: str | os.PathLike[str]) -> Encoder:
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
         raise ModelFileError(f"encoder {path} {what}; give a folder written by save_pretrained, or '{MINILM}'")
+    from safetensors import SafetensorError
+
     with _offline():
         transformers = _transformers()
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelFileError(f"cannot load a Hugging Face encoder from {path}: {str(err).splitlines()[0]}") from None
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            first_line = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ModelFileError(f"cannot load a Hugging Face encoder from {path}: {first_line}") from None
     return Encoder(model.eval(), tokenizer, str(path))
 
 
@@ -274,6 +277,9 @@ def encode_texts(encoder: Encoder, texts: Sequence[str], *, max_len: int = 64, b
     ``projection`` (e.g. a student's learned map to the teacher's width) is applied to the mean-pooled
     states before normalising, giving ``(N, D_out)``.
     """
+    width = projection.out_features if projection is not None else encoder.hidden_size
+    if len(texts) == 0:
+        return torch.empty(0, width)
     model = encoder.model
     was_training = model.training
     model.eval()
@@ -286,4 +292,4 @@ def encode_texts(encoder: Encoder, texts: Sequence[str], *, max_len: int = 64, b
             chunks.append(F.normalize(pooled, dim=-1))
     finally:
         model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, encoder.hidden_size)
+    return torch.cat(chunks)

@@ -235,6 +235,11 @@ def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
     if entry.get("sparse", "relative") == "mask":
         labels = decode_masked_labels(entry, label_blob, index_blob, shape)
     elif entry.get("sparse", "relative") == "relative":
+        # Every entry (a kept weight or a filler zero) sits at its own position, so at most numel of
+        # them; checked before decoding, since the counts come from the manifest.
+        counts = [stream.get("n") if isinstance(stream, dict) else None for stream in (entry["gaps"], entry["labels"])]
+        if counts[0] != counts[1] or not isinstance(counts[0], int) or not 0 <= counts[0] <= numel:
+            raise ModelFileError(f"index and label streams claim {counts[0]} and {counts[1]} entries for {numel} weights")
         labels = from_relative(_decode_stream(entry["gaps"], index_blob), _decode_stream(entry["labels"], label_blob), numel)
     else:
         raise ModelFileError(f"unknown sparse layout {entry['sparse']!r}")

@@ -173,6 +173,10 @@ def decode_masked_labels(entry: dict, label_blob: bytes, mask_blob: bytes, shape
     if len(shape) < 2 or rows < 1 or numel % rows:
         raise ModelFileError(f"the mask layout needs a tensor of at least 2 dimensions; got shape {shape}")
     mask = decode_mask(entry["mask"], mask_blob, rows, numel // rows).ravel()
+    # The symbol count comes from the (untrusted) manifest: check it before decoding that many symbols.
+    if not isinstance(entry["labels"], dict) or entry["labels"].get("n") != int(mask.sum()):
+        raise ModelFileError(f"the labels stream claims {entry['labels'].get('n') if isinstance(entry['labels'], dict) else '?'} "
+                             f"symbols for {int(mask.sum())} kept weights")
     kept = decode_stream(entry["labels"], label_blob)
     if kept.size != int(mask.sum()):
         raise ModelFileError(f"{kept.size} labels for {int(mask.sum())} kept weights")
