@@ -76,6 +76,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; run `modelpress run {args.recipe} -o {args.output}` again to resume "
                            "(finished stages are kept, the current one continues from its last checkpoint)") from None
+    from modelpress.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun rank 0 alone reports
+        return None
     rows = [{"stage": e["name"], "kind": e["kind"], **e["metrics"]} for e in result.stages]
     if not args.json and not args.quiet:
         print(markdown_table(rows, ["stage", "kind", "accuracy", "params", "nonzero_params", "bytes", "flops"],

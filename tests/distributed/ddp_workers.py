@@ -136,3 +136,25 @@ def _codistill_once(rank: int, folder: Path, weight: float) -> dict:
             "disagreement": float((probs[0] - probs[1]).abs().sum(-1).mean()),
             "losses": [h["train_loss"] for h in out.history.history],
             "ckpt": (folder / f"codistill{weight}.ckpt.rank{rank}").exists()}
+
+
+def diverging_worker(rank: int, folder: Path) -> dict:
+    """Rank 1's loss turns infinite at its third step; both ranks must stop there with a clear error."""
+    from modelpress.core.errors import TrainingDivergedError
+    from modelpress.models import build_model
+    from modelpress.train import TrainConfig, train
+
+    splits = make_splits(n_train=256)
+    model = build_model("mlp:16", splits.input_shape, splits.num_classes)
+    calls = []
+
+    def objective(m, x, y, idx):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        return loss * float("inf") if rank == 1 and len(calls) == 3 else loss
+
+    try:
+        train(model, splits, TrainConfig(epochs=2, batch_size=32, lr=0.05), objective=objective, progress=False)
+    except TrainingDivergedError as err:
+        return {"error": str(err), "steps": len(calls)}
+    return {"error": None, "steps": len(calls)}

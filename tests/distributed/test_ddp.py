@@ -13,7 +13,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks import their workers from ddp_workers by name
-from ddp_workers import codistill_worker, run_ranks, terngrad_average_worker, train_worker  # noqa: E402
+from ddp_workers import (codistill_worker, diverging_worker, run_ranks, terngrad_average_worker,  # noqa: E402
+                         train_worker)
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +104,9 @@ def test_a_recipe_runs_under_torchrun_unchanged(tmp_path):
     stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
     assert [s["status"] for s in stages] == ["done", "done"]
     assert stages[0]["metrics"]["accuracy"] > 0.5 and 0.0 <= stages[1]["metrics"]["accuracy"] <= 1.0
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
+    r0, r1 = run_ranks(diverging_worker, tmp_path)
+    assert r0["steps"] == r1["steps"] == 3
+    assert "another rank's loss became non-finite" in r0["error"] and "loss became inf" in r1["error"]

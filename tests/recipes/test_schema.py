@@ -47,6 +47,11 @@ def test_the_design_notes_error_message(tiny_raw):
     ({"kind": "train", "model": "mlp:8", "lr": {"tune": [0.01, 0.1], "default": 1.0}}, "default must be"),
     ({"kind": "train", "model": "mlp:8", "patience": {"tune": [1, 3]}}, "is not tunable"),
     ({"kind": "train", "model": "mlp:8", "grad_compression": "zip"}, "must be one of: terngrad, powersgd or null"),
+    ({"kind": "train", "model": "mlp:8", "lr": {"choices": [0.1, 0.2, 0.3], "default": "x"}}, "default must be one of"),
+    ({"kind": "train", "model": "mlp:8", "lr": {"choices": [0.1, 0.2], "default": [1]}}, "default must be one of"),
+    ({"kind": "train", "model": "mlp:8", "grad_clip": {"tune": [None, 1.0]}}, "to include null, list it with choices"),
+    ({"kind": "train", "model": "mlp:8", "grad_clip": {"tune": [0.5, 1.0], "default": None}}, "takes two numbers"),
+    ({"kind": ["train"], "name": "x"}, "field 'kind' must be one of"),
 ])
 def test_bad_stages_name_stage_and_field(tiny_raw, stage, expected):
     stage.setdefault("name", "second")
@@ -127,3 +132,16 @@ def test_every_example_recipe_validates_and_says_what_it_reproduces(path):
     recipe = load_recipe(path)
     assert path.read_text().startswith("# ")  # a comment header naming the paper and the claim
     assert recipe.tunables(), "each example marks what `modelpress tune` may search"
+
+
+def test_a_relative_data_folder_is_read_from_the_recipe_folder_and_val_size_is_a_count_or_fraction(tiny_raw, tmp_path,
+                                                                                                     monkeypatch):
+    (tmp_path / "recipes" / "mydata").mkdir(parents=True)
+    tiny_raw["data"] = {"name": "mydata"}
+    recipe = parse_recipe(tiny_raw, base_dir=tmp_path / "recipes")
+    assert recipe.data.name == str((tmp_path / "recipes" / "mydata").resolve())
+    monkeypatch.chdir(tmp_path)  # another working directory loads the same folder
+    assert parse_recipe(tiny_raw, base_dir=tmp_path / "recipes").data.name == recipe.data.name
+    tiny_raw["data"] = {"name": "digits", "val_size": 1.5}
+    with pytest.raises(ConfigError, match="'val_size' must be a count"):
+        parse_recipe(tiny_raw)

@@ -107,3 +107,22 @@ def test_median_pruner_stops_a_trial_that_falls_behind(tiny_raw, tmp_path):
     states = [t["state"] for t in result.trials]
     assert "pruned" in states and "complete" in states
     assert yaml.safe_load(result.best_recipe.read_text())["stages"][0]["lr"]["default"] == result.best_params["net.lr"]
+
+
+def test_a_continued_study_with_an_older_search_space_recommends_only_trials_of_this_one(tiny_raw, tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from modelpress.recipes.tune import _summarise
+
+    recipe = parse_recipe(_tunable(tiny_raw))
+    keys = list(recipe.tunables())  # [prune.sparsity, prune.retrain_lr]
+    study = optuna.create_study(direction="maximize")
+    old = optuna.trial.create_trial(params={keys[0]: 0.5}, distributions={keys[0]: FloatDistribution(0.3, 0.9)}, value=0.99)
+    current = optuna.trial.create_trial(
+        params={keys[0]: 0.6, keys[1]: 0.01},
+        distributions={keys[0]: FloatDistribution(0.3, 0.9), keys[1]: FloatDistribution(0.001, 0.1, log=True)}, value=0.8)
+    study.add_trial(old)
+    study.add_trial(current)
+    result = _summarise(study, recipe, tmp_path, "sqlite://", "s", lambda line: None)
+    assert result.best_params == {keys[0]: 0.6, keys[1]: 0.01}  # the better old trial lacks retrain_lr
+    assert (tmp_path / "best_recipe.yaml").is_file()

@@ -7,7 +7,7 @@ imported here because it builds on ``train``, which builds on this package.
 """
 
 from modelpress.distributed.context import (DistContext, barrier, current_rank, init_distributed, is_main_process,
-                                            launched_world_size, mean_across_ranks)
+                                            launched_world_size, mean_across_ranks, on_every_rank)
 from modelpress.distributed.ddp import DataParallel
 from modelpress.distributed.hooks import (COMPRESSIONS, CommStats, allreduce_counting_hook, powersgd_counting_hook,
                                           register_compression)
@@ -29,6 +29,7 @@ __all__ = [
     "is_main_process",
     "launched_world_size",
     "mean_across_ranks",
+    "on_every_rank",
     "pack_ternary",
     "powersgd_counting_hook",
     "register_compression",

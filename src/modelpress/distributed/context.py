@@ -104,6 +104,19 @@ def is_main_process() -> bool:
     return current_rank() == 0
 
 
+def on_every_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (the flag itself in one process).
+
+    A rank that stops alone (say, on a non-finite loss) would leave the others waiting in their next
+    collective for ever; deciding together lets every rank stop at the same step.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    agreed = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
 def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for in one process)."""
     if dist.is_available() and dist.is_initialized():

@@ -144,6 +144,9 @@ def parse_tunable(raw: dict, o: Opt, where: str) -> Tunable:
     log = raw.get("log", False)
     if not isinstance(log, bool) or (log and not is_range):
         raise ConfigError(f"{where} log must be true or false, and only for a range [lo, hi]; got {log!r}")
+    if is_range and (None in values or raw.get("default", 0) is None):
+        raise ConfigError(f"{where} a range [lo, hi] takes two numbers (and a number as default); "
+                          f"to include null, list it with choices: [...]; got {raw!r}")
     if is_range:
         low, high = (o.coerce(v) for v in values)
         if not low < high or (log and low <= 0):
@@ -155,7 +158,7 @@ def parse_tunable(raw: dict, o: Opt, where: str) -> Tunable:
         return Tunable(low=low, high=high, log=log, default=o.coerce(default))
     choices = tuple(o.coerce(v) for v in values)
     default = raw.get("default", choices[(len(choices) - 1) // 2])
-    if o.coerce(default) not in choices or not o.accepts(default):
+    if not o.accepts(default) or o.coerce(default) not in choices:
         raise ConfigError(f"{where} default must be one of the choices {list(choices)}; got {default!r}")
     return Tunable(choices=choices, default=o.coerce(default))
 

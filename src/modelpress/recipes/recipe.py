@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,10 @@ def parse_recipe(raw: Any, *, base_dir: str | os.PathLike[str] = ".") -> Recipe:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"recipe: 'seed' must be an integer >= 0, got {seed!r}")
     data = _section(DataSection, raw.get("data"), "data", required=True)
-    _check_data_name(data.name, Path(base_dir))
+    data = replace(data, name=_resolve_data_name(data.name, Path(base_dir)))
+    if data.val_size is not None and data.val_size >= 1 and data.val_size != int(data.val_size):
+        raise ConfigError(f"recipe data: field 'val_size' must be a count (a whole number) or a fraction in (0, 1), "
+                          f"got {data.val_size}")
     measure = _section(MeasureSection, raw.get("measure"), "measure")
     objective = _section(ObjectiveSection, raw.get("objective"), "objective")
     stages_raw = raw.get("stages")
@@ -146,12 +149,20 @@ def _section(cls: type, raw: Any, key: str, required: bool = False):
     return options
 
 
-def _check_data_name(name: str, base_dir: Path) -> None:
+def _resolve_data_name(name: str, base_dir: Path) -> str:
+    """A built-in data set's name as given; a folder as an absolute path, relative ones read from the recipe's folder.
+
+    Resolved here, once, so that the run loads, and the stage hashes name, the folder that was checked.
+    """
     from modelpress.data import dataset_names
 
-    if name not in dataset_names() and not (base_dir / name).expanduser().is_dir() and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"recipe data: field 'name' must be one of: {', '.join(dataset_names())} or a folder of "
-                          f"MNIST-layout files, got {name!r}")
+    if name in dataset_names():
+        return name
+    for folder in (base_dir / name).expanduser(), Path(name).expanduser():
+        if folder.is_dir():
+            return str(folder.resolve())
+    raise ConfigError(f"recipe data: field 'name' must be one of: {', '.join(dataset_names())} or a folder of "
+                      f"MNIST-layout files, got {name!r}")
 
 
 def _parse_stage(index: int, item: Any, earlier: list[StageSpec], base_dir: Path) -> StageSpec:
@@ -162,7 +173,7 @@ def _parse_stage(index: int, item: Any, earlier: list[StageSpec], base_dir: Path
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"recipe stage {index}: field 'name' must be letters, digits, '-' or '_', got {name!r}")
     where = f"recipe stage {index} '{name}':"
-    if kind not in STAGE_KINDS:
+    if not isinstance(kind, str) or kind not in STAGE_KINDS:
         raise ConfigError(f"{where} field 'kind' must be one of: {', '.join(STAGE_KINDS)}, got {kind!r}")
     if any(s.name == name for s in earlier):
         raise ConfigError(f"{where} the name {name!r} is already used by an earlier stage; give this stage its own 'name'")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def _run_stage(recipe: Recipe, stage: StageSpec, entry: dict, index: dict, rundi
     barrier()  # every rank's outputs and rank 0's last checkpoint are written
     if is_main_process():
         write_json(folder / "metrics.json", {"stage": stage.name, "kind": stage.kind, "metrics": metrics, "info": out.info})
-        for checkpoint in folder.glob("*.ckpt*"):
+        for checkpoint in folder.rglob("*.ckpt*"):  # born-again keeps one per generation in a subfolder
             checkpoint.unlink()
     barrier()
     entry["status"] = "done"
@@ -256,8 +257,14 @@ def _to_cache(cache_dir, entry: dict, folder: Path) -> None:
     cached = Path(cache_dir) / entry["hash"]
     if cached.exists():
         return
-    tmp = cached.with_name(f".{cached.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # Its own temporary folder, so tune workers sharing the cache never copy into each other's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    shutil.copytree(folder, tmp, dirs_exist_ok=True)
     write_json(tmp / "stage.json", {"hash": entry["hash"], "output": entry["output"]})
-    tmp.rename(cached)  # complete or absent: a half-copied stage is never found
+    try:
+        tmp.rename(cached)  # complete or absent: a half-copied stage is never found
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not cached.exists():  # not another worker's identical copy: a real failure
+            raise

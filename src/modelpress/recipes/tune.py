@@ -157,12 +157,23 @@ def _fmt(values: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def _fits(recipe: Recipe, params: dict) -> bool:
+    try:
+        recipe.with_values(params)
+    except ConfigError:
+        return False
+    return True
+
+
 def _summarise(study, recipe: Recipe, rundir: Path, storage: str, study_name: str, log) -> TuneResult:
     import optuna
 
     rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params, **t.user_attrs}
             for t in study.trials]
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    space = set(recipe.tunables())
+    # A continued study may hold trials of an older search space; only those of this one can be written back.
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and set(t.params) == space
+                and _fits(recipe, t.params)]
     best = max(complete, key=lambda t: t.value) if complete else None
     best_path = None
     if best is not None:

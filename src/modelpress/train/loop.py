@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from modelpress.core.errors import ConfigError, TrainingDivergedError
 from modelpress.data.base import DataSplits
 from modelpress.data.transforms import RandomShift
+from modelpress.distributed.context import on_every_rank
 from modelpress.distributed.ddp import DataParallel
 from modelpress.core.checkpoint import load_checkpoint, save_checkpoint
 from modelpress.models.io import add_missing_masks
@@ -262,10 +263,12 @@ class _Run:
             if self.jitter is not None:
                 x = self.jitter(x, jitter_gen)
             loss = self.loss_fn(x, y, idx)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if not on_every_rank(finite):  # under torchrun every rank stops together, or the others would hang
                 where = f"{checkpoint_path} (epoch {epoch})" if checkpoint_path and epoch > 0 else "none written yet"
+                what = f"loss became {loss.item()}" if not finite else "another rank's loss became non-finite"
                 raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {self.step}; lower the learning rate "
+                    f"{what} at epoch {epoch + 1}, step {self.step}; lower the learning rate "
                     f"(now {self.optimizer.param_groups[0]['lr']:.3g}). Last good checkpoint: {where}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
