@@ -145,3 +145,14 @@ def test_a_relative_data_folder_is_read_from_the_recipe_folder_and_val_size_is_a
     tiny_raw["data"] = {"name": "digits", "val_size": 1.5}
     with pytest.raises(ConfigError, match="'val_size' must be a count"):
         parse_recipe(tiny_raw)
+
+
+@pytest.mark.parametrize("arch, data, message", [
+    ("mlp:abc", "digits", "field 'model': mlp hidden sizes must look like"),
+    ("lenet5:3", "fashion-mnist", "lenet5 takes no arguments"),
+    ("lstm:8", "digits", "lstm needs 1-D sequence inputs"),
+])
+def test_architectures_are_built_on_the_data_shape_before_any_work(arch, data, message):
+    raw = {"name": "x", "data": {"name": data}, "stages": [{"kind": "train", "model": arch}]}
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(raw)

@@ -132,6 +132,7 @@ def parse_recipe(raw: Any, *, base_dir: str | os.PathLike[str] = ".") -> Recipe:
     stages: list[StageSpec] = []
     for index, item in enumerate(stages_raw, start=1):
         stages.append(_parse_stage(index, item, stages, Path(base_dir)))
+    _check_architectures(stages, data.name)
     if objective.stage is not None and objective.stage not in [s.name for s in stages]:
         raise ConfigError(f"recipe objective: field 'stage' must name a stage ({', '.join(s.name for s in stages)}), "
                           f"got {objective.stage!r}")
@@ -216,6 +217,28 @@ def _source(kind: str, item: dict, options, earlier: list[StageSpec], where: str
         raise ConfigError(f"{where} stage '{source.name}' writes a file no later stage can read as a model "
                           f"({'a tree' if source.kind == 'tree' else 'ONNX'}): read an earlier stage with field {key!r}")
     return source.name
+
+
+#: One example's shape and the class count of each built-in set, to build every architecture of a recipe
+#: once while checking it (MNIST-layout sets and folders: 28x28 images, 10 classes).
+PROBE_SHAPES = {"digits": ((1, 8, 8), 10), "breast-cancer": ((30,), 2), "wine": ((13,), 3), "mnist1d": ((40,), 10)}
+
+
+def _check_architectures(stages: list[StageSpec], data_name: str) -> None:
+    """Build each stage's architecture on the data's shape, so a bad spec (``mlp:abc``) fails before any work."""
+    from modelpress.core.errors import ModelpressError
+    from modelpress.models import build_model
+
+    shape, classes = PROBE_SHAPES.get(data_name, ((1, 28, 28), 10))
+    for stage in stages:
+        for field_name in ("model", "student"):
+            arch = getattr(stage.options, field_name, None)
+            if arch is None:
+                continue
+            try:
+                build_model(arch, shape, classes)
+            except ModelpressError as err:
+                raise ConfigError(f"recipe stage {stage.index} '{stage.name}': field '{field_name}': {err}") from None
 
 
 def _check_arch(arch: str, where: str) -> None:
