@@ -12,7 +12,7 @@ import torch
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
-from modelpress.data import DataSplits, load_dataset
+from modelpress.data import DataSplits, data_metadata, load_dataset
 from modelpress.distributed import is_main_process
 from modelpress.distill import DistillConfig
 from modelpress.measure import markdown_table, measure_model, write_json
@@ -20,10 +20,10 @@ from modelpress.measure.plots import plot_weight_histograms
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
 from modelpress.prune import PruneConfig
 from modelpress.quantize import QuantizeConfig
-from modelpress.encode import is_compressed_file, load_compressed, read_manifest
+from modelpress.encode import read_any_model, read_manifest
 from modelpress.encode.report import (BUDGET_COLUMNS, BUDGET_HEADERS, LAYER_COLUMNS, LAYER_HEADERS, budget_rows,
                                       byte_budget, layer_rows)
-from modelpress.models import LoadedModel, build_model, read_model_file, save_model
+from modelpress.models import build_model, read_model_file, save_model
 from modelpress.models.zoo import ModelSpec
 from modelpress.train import TrainConfig, train
 
@@ -51,12 +51,6 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_norm=args.max_norm, grad_clip=args.grad_clip, patience=args.patience, jitter=args.jitter, seed=args.seed,
         grad_compression=getattr(args, "grad_compression", None), powersgd_rank=getattr(args, "powersgd_rank", 1),
     )
-
-
-def data_metadata(splits: DataSplits) -> dict:
-    """What a model file records about the data it was trained on (for evaluate and reports)."""
-    return {"name": splits.name, "mean": splits.mean, "std": splits.std, "num_classes": splits.num_classes,
-            "input_shape": list(splits.input_shape), "class_names": list(splits.class_names)}
 
 
 def check_model_fits_data(spec: ModelSpec, splits: DataSplits, what: str) -> None:
@@ -112,14 +106,6 @@ def cmd_train(args: argparse.Namespace) -> dict:
     extra = {"data": data_metadata(splits), "method": "train", "train": config.to_json(),
              "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
     return _finish(args, model, splits, extra) or None  # other ranks than 0 report nothing
-
-
-def read_any_model(path) -> LoadedModel:
-    """A ``.mpk`` model, a training checkpoint or a compressed ``.mpz`` file, told apart by content."""
-    if Path(path).is_file() and is_compressed_file(path):
-        model, spec, extra = load_compressed(path)
-        return LoadedModel(model, spec, extra, Path(path))
-    return read_model_file(path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:

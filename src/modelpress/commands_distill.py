@@ -11,12 +11,12 @@ from pathlib import Path
 
 from torch import nn
 
-from modelpress.commands import (_finish, _progress, _say, check_model_fits_data, data_metadata, load_data_from_args,
-                                 model_options, train_config_from_args)
+from modelpress.commands import (_finish, _progress, _say, check_model_fits_data, load_data_from_args, model_options,
+                                 train_config_from_args)
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.io import atomic_write
 from modelpress.core.seed import seed_everything
-from modelpress.data import DataSplits
+from modelpress.data import DataSplits, data_metadata
 from modelpress.distributed import is_main_process
 from modelpress.distill import DistillConfig, EnsembleTeacher, StoredTeacher, TeacherStore, distill, precompute_teacher
 from modelpress.measure import evaluate_accuracy, markdown_table
@@ -97,16 +97,6 @@ def _extra(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig, teac
             "temperature": kd.temperature, "alpha": kd.alpha, "train": kd.train.to_json(), **method_options}
 
 
-def _parse_pairs(text: str, option: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in text.split(","):
-        student_layer, sep, teacher_layer = item.strip().partition(":")
-        if not sep or not student_layer or not teacher_layer:
-            raise ConfigError(f"{option} wants STUDENT_LAYER:TEACHER_LAYER pairs separated by commas; got {item!r}")
-        pairs.append((student_layer, teacher_layer))
-    return tuple(pairs)
-
-
 def _stage1(args: argparse.Namespace, kd: DistillConfig):
     """The first stage of FitNets and FSP: Adam, whatever optimizer the second stage uses."""
     return replace(kd.train, epochs=args.stage1_epochs, optimizer="adam", lr=args.stage1_lr)
@@ -156,13 +146,13 @@ def _omitted_class(args: argparse.Namespace, splits: DataSplits, kd: DistillConf
 # ----- feature methods ------------------------------------------------------------------------------
 
 def _fitnets(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
-    from modelpress.distill.features import match_layers
+    from modelpress.distill.features import match_layers, parse_layer_pairs
     from modelpress.distill.hints import HintConfig, fitnets
 
     teacher, name = _one_teacher(args, splits)
     student = _student(args, splits)
     if args.layers:
-        pairs = _parse_pairs(args.layers, "--layers")
+        pairs = parse_layer_pairs(args.layers, "--layers")
         if len(pairs) != 1:
             raise ConfigError(f"fitnets guides one student layer by one teacher layer: give one --layers S:T, got {len(pairs)}")
     else:
@@ -178,11 +168,11 @@ def _fitnets(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) ->
 
 def _attention(args: argparse.Namespace, splits: DataSplits, kd: DistillConfig) -> dict:
     from modelpress.distill.attention import AttentionConfig, attention_transfer
-    from modelpress.distill.features import match_layers
+    from modelpress.distill.features import match_layers, parse_layer_pairs
 
     teacher, name = _one_teacher(args, splits)
     student = _student(args, splits)
-    pairs = _parse_pairs(args.layers, "--layers") if args.layers else tuple(match_layers(student, teacher, splits.x_train[:2]))
+    pairs = parse_layer_pairs(args.layers, "--layers") if args.layers else tuple(match_layers(student, teacher, splits.x_train[:2]))
     _say(args, "attention pairs: " + ", ".join(f"{s} <- {t}" for s, t in pairs))
     config = AttentionConfig(pairs=pairs, beta=args.beta, kd=kd)
     attention_transfer(student, teacher, splits, config, checkpoint_path=_ckpt(args), resume=args.resume, progress=_progress(args))

@@ -51,7 +51,8 @@ def rank_path(output: str | Path, rank: int) -> Path:
 
 def cmd_codistill(args: argparse.Namespace) -> dict | None:
     """Train this rank's model by codistillation, save it, and (rank 0) report every rank's accuracy."""
-    from modelpress.commands import _progress, _say, data_metadata, load_data_from_args, train_config_from_args
+    from modelpress.commands import _progress, _say, load_data_from_args, train_config_from_args
+    from modelpress.data import data_metadata
     from modelpress.core.errors import ConfigError
     from modelpress.distributed.codistill import CodistillConfig, codistill, peer_predictions
     from modelpress.models import build_model, save_model

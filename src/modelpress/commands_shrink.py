@@ -8,11 +8,12 @@ import copy
 
 import torch
 
-from modelpress.commands import (_finish, _progress, _say, check_model_fits_data, data_metadata, load_data_from_args,
-                                 read_any_model)
+from modelpress.commands import _finish, _progress, _say, check_model_fits_data, load_data_from_args
 from modelpress.core.errors import ConfigError
 from modelpress.core.seed import seed_everything
+from modelpress.data import data_metadata
 from modelpress.distill import DistillConfig, distill
+from modelpress.encode import read_any_model
 from modelpress.factorize import FactorizeConfig, factorize_, to_depthwise_separable_
 from modelpress.measure import count_flops, count_params, evaluate_accuracy, markdown_table, measure_latency
 from modelpress.prune import StructuredConfig, structured_prune

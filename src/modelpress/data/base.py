@@ -109,3 +109,9 @@ class DataSplits:
             f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} val / {len(self.y_test)} test, "
             f"input {self.input_shape}, {self.num_classes} classes"
         )
+
+
+def data_metadata(splits: DataSplits) -> dict:
+    """What a model file records about the data it was made on (read back by evaluate and reports)."""
+    return {"name": splits.name, "mean": splits.mean, "std": splits.std, "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape), "class_names": list(splits.class_names)}

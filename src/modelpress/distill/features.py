@@ -316,6 +316,21 @@ def check_stage_config(value: TrainConfig, name: str) -> None:
                           f"(it minimises a feature loss, not the error); got {value.patience}")
 
 
+def parse_layer_pairs(text: str, where: str) -> tuple[tuple[str, str], ...]:
+    """``"s1:t1,s2:t2"`` -> ``(("s1", "t1"), ("s2", "t2"))``, as the CLI and recipes write layer pairs.
+
+    Raises:
+        ConfigError: an item that is not ``STUDENT_LAYER:TEACHER_LAYER``; the message starts with ``where``.
+    """
+    pairs = []
+    for item in text.split(","):
+        student_layer, sep, teacher_layer = item.strip().partition(":")
+        if not sep or not student_layer or not teacher_layer:
+            raise ConfigError(f"{where} wants STUDENT_LAYER:TEACHER_LAYER pairs separated by commas; got {item!r}")
+        pairs.append((student_layer, teacher_layer))
+    return tuple(pairs)
+
+
 def normalize_pairs(pairs, field_name: str) -> tuple[tuple[str, str], ...]:
     """``pairs`` as a tuple of ``(str, str)`` (lists from JSON accepted).
 

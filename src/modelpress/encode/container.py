@@ -46,6 +46,7 @@ from modelpress.encode.sparse import from_relative, to_relative
 from modelpress.encode.streams import StreamInfo
 from modelpress.encode.streams import code_stream as _code_stream
 from modelpress.encode.streams import decode_stream as _decode_stream
+from modelpress.models.io import LoadedModel, read_model_file
 from modelpress.models.zoo import ModelSpec, build_from_spec
 from modelpress.prune.magnitude import effective_weight, prunable_layers
 from modelpress.quantize.binary import is_binarized, quantized_weight
@@ -299,3 +300,11 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec,
         raise ModelFileError(f"{path}: tensors do not match architecture {spec.arch!r}: {str(err).splitlines()[0]}") from None
     model.eval()
     return model, spec, dict(manifest.get("extra", {}))
+
+
+def read_any_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """A ``.mpk`` model, a training checkpoint or a compressed ``.mpz`` file, told apart by content."""
+    if Path(path).is_file() and is_compressed_file(path):
+        model, spec, extra = load_compressed(path)
+        return LoadedModel(model, spec, extra, Path(path))
+    return read_model_file(path)

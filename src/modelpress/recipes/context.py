@@ -8,9 +8,9 @@ from typing import Callable
 
 from torch import nn
 
-from modelpress.data.base import DataSplits
-from modelpress.encode import is_compressed_file, load_compressed
-from modelpress.models import read_model_file, save_model
+from modelpress.data.base import DataSplits, data_metadata
+from modelpress.encode import read_any_model
+from modelpress.models import save_model
 
 
 @dataclass
@@ -64,14 +64,6 @@ class StageOutput:
     info: dict = field(default_factory=dict)
 
 
-def data_metadata(splits: DataSplits) -> dict:
-    """What a model file records about the data it was made on (the same keys the CLI writes)."""
-    return {"name": splits.name, "mean": splits.mean, "std": splits.std, "num_classes": splits.num_classes,
-            "input_shape": list(splits.input_shape), "class_names": list(splits.class_names)}
-
-
 def read_model(path: str | Path) -> nn.Module:
     """A ``.mpk`` model or a compressed ``.mpz`` file, told apart by content, in eval mode."""
-    if is_compressed_file(path):
-        return load_compressed(path)[0].eval()
-    return read_model_file(path).model.eval()
+    return read_any_model(path).model.eval()

@@ -14,6 +14,7 @@ from torch import nn
 from modelpress.core.errors import ConfigError
 from modelpress.core.seed import seed_everything
 from modelpress.distill import DistillConfig, StoredTeacher, distill, precompute_teacher
+from modelpress.distill.features import parse_layer_pairs
 from modelpress.measure import evaluate_accuracy
 from modelpress.models import build_model
 from modelpress.recipes.context import StageContext, StageOutput, read_model
@@ -52,16 +53,6 @@ def _student(options: DistillStage, ctx: StageContext, offset: int = 0) -> nn.Mo
     return build_model(options.student, ctx.splits.input_shape, ctx.splits.num_classes, **extra)
 
 
-def _pairs(text: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in text.split(","):
-        s, sep, t = item.strip().partition(":")
-        if not sep or not s or not t:
-            raise ConfigError(f"recipe stage field 'layers' wants STUDENT:TEACHER pairs separated by commas; got {item!r}")
-        pairs.append((s, t))
-    return tuple(pairs)
-
-
 def run_distill(options: DistillStage, ctx: StageContext, source: str | None) -> StageOutput:
     """Distil the teacher stage's model by ``options.method`` (see :mod:`modelpress.distill`)."""
     teacher = ctx.load(source).eval()
@@ -81,7 +72,7 @@ def run_distill(options: DistillStage, ctx: StageContext, source: str | None) ->
         from modelpress.distill.hints import HintConfig, fitnets
 
         if options.layers:
-            pairs = _pairs(options.layers)
+            pairs = parse_layer_pairs(options.layers, "recipe stage field 'layers'")
             if len(pairs) != 1:
                 raise ConfigError(f"recipe stage '{ctx.stage_name}': fitnets guides one layer: give one S:T pair in 'layers'")
         else:  # FitNets guides the middle of the student by the middle of the teacher
@@ -94,7 +85,7 @@ def run_distill(options: DistillStage, ctx: StageContext, source: str | None) ->
     else:  # attention
         from modelpress.distill.attention import AttentionConfig, attention_transfer
 
-        pairs = _pairs(options.layers) if options.layers else ()
+        pairs = parse_layer_pairs(options.layers, "recipe stage field 'layers'") if options.layers else ()
         attention_transfer(student, teacher, ctx.splits, AttentionConfig(pairs=pairs, beta=options.beta, kd=kd),
                            checkpoint_path=ctx.checkpoint(), **common)
     result = getattr(student, "distill_result", None)
