@@ -44,3 +44,10 @@ def test_bad_files_are_named(tmp_path, text, kwargs, message):
 def test_missing_file(tmp_path):
     with pytest.raises(DataNotFoundError, match="no CSV file"):
         read_csv_table(tmp_path / "absent.csv", "y")
+
+
+def test_a_binary_file_is_named_not_decoded(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"\x00\xff\xfe garbage")
+    with pytest.raises(DataError, match="not a UTF-8 text CSV file"):
+        read_csv_table(path, "y")

@@ -120,6 +120,9 @@ def test_yaml_errors_and_tags_that_would_run_code_are_refused(tmp_path):
         load_recipe(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
+    bad.write_bytes(b"\x00\xff\xfe not text")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_recipe(bad)
 
 
 def test_name_defaults_to_the_file_name(tiny_raw, write_recipe):

@@ -69,8 +69,13 @@ def read_csv_table(path: str | os.PathLike[str], label: str, *, categorical: Seq
     source = Path(path)
     if not source.is_file():
         raise DataNotFoundError(f"no CSV file at {source}")
-    with source.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with source.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{source} is not a UTF-8 text CSV file (byte {err.start} cannot be decoded)") from None
+    except csv.Error as err:
+        raise DataError(f"{source} is not a readable CSV file: {err}") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise DataError(f"{source}: empty file or no header row")
     header = [name.strip() for name in rows[0]]

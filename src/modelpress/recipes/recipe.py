@@ -101,6 +101,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {path} is not a UTF-8 text file (byte {err.start} cannot be decoded)") from None
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": path.stem, **raw}
     return parse_recipe(raw, base_dir=path.parent)

@@ -35,7 +35,10 @@ def _runs(rundir: Path) -> tuple[dict, Path, list[tuple[str, dict, Path]], dict 
     if not tune_file.is_file():
         index = read_index(rundir)
         return index, rundir, [("", index, rundir)], None
-    tune = json.loads(tune_file.read_text())
+    try:
+        tune = json.loads(tune_file.read_text())
+    except ValueError as err:  # not JSON, or not even UTF-8 text
+        raise ModelFileError(f"{tune_file} is corrupt: {err}") from None
     runs = []
     for folder in sorted((rundir / "trials").glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else -1):
         if (folder / "run.json").is_file():

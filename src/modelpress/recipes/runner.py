@@ -93,7 +93,7 @@ def read_index(rundir: str | Path) -> dict:
         raise ModelFileError(f"{rundir} is not a modelpress run folder (no run.json): run `modelpress run RECIPE -o {rundir}` first")
     try:
         index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # not JSON, or not even UTF-8 text
         raise ModelFileError(f"{path} is corrupt: {err}") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise ModelFileError(f"{path} is not a modelpress run index")
