@@ -35,16 +35,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(fn, folder: Path, *args, world: int = 2) -> list[dict]:
-    """Run ``fn(rank, folder, *args)`` on ``world`` processes in one gloo group; returns each rank's JSON result."""
-    mp.spawn(_entry, args=(world, free_port(), fn, str(folder), args), nprocs=world, join=True)
+def run_ranks(fn, folder: Path, *args, world: int = 2, gpus: bool = False) -> list[dict]:
+    """Run ``fn(rank, folder, *args)`` on ``world`` processes in one group (gloo on loopback; with
+    ``gpus``, rank r on GPU r with NCCL for CUDA tensors, as torchrun sets it up); returns each rank's
+    JSON result."""
+    mp.spawn(_entry, args=(world, free_port(), fn, str(folder), args, gpus), nprocs=world, join=True)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-def _entry(rank: int, world: int, port: int, fn, folder: str, args) -> None:
+def _entry(rank: int, world: int, port: int, fn, folder: str, args, gpus: bool) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    if gpus:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if gpus else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world)
     try:
         result = fn(rank, Path(folder), *args)
         (Path(folder) / f"rank{rank}.json").write_text(json.dumps(result))
@@ -67,11 +72,12 @@ def train_worker(rank: int, folder: Path, compression: str | None) -> dict:
     splits = make_splits(n_train=256)
     torch.manual_seed(rank)  # the ranks start apart: DDP must broadcast rank 0's weights
     model = build_model("mlp:32", splits.input_shape, splits.num_classes)
-    mismatches, indices = [], []
+    mismatches, indices, devices = [], [], set()
 
     def indexed_objective(m, x, y, idx):  # what a stored teacher does: look targets up by example index
-        mismatches.append(int((splits.y_train[idx] != y).sum()))
+        mismatches.append(int((splits.y_train.to(idx.device)[idx] != y).sum()))
         indices.extend(idx.tolist())
+        devices.add(str(x.device))
         return torch.nn.functional.cross_entropy(m(x), y)
 
     config = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=3, grad_compression=compression, powersgd_start_iter=2)
@@ -83,7 +89,7 @@ def train_worker(rank: int, folder: Path, compression: str | None) -> dict:
     loaded = load_model(path)
     return {"weights": flat_weights(model), "loaded": flat_weights(loaded), "mismatches": sum(mismatches),
             "indices": indices, "history": result.history,
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": sum(p.numel() for p in model.parameters()), "devices": sorted(devices),
             "ckpt_exists": (folder / "run.ckpt").exists()}
 
 

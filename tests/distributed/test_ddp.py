@@ -57,6 +57,17 @@ def test_compressed_training_keeps_ranks_identical_and_sends_less(tmp_path, meth
     assert history[-1]["comm_bytes_per_step"] < 4 * r0["params"] / 2
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("method", [None, "terngrad", "powersgd"])
+def test_ddp_on_two_gpus_talks_nccl_and_keeps_ranks_identical(tmp_path, method):
+    """The same train() call as on the CPU: each rank picks its own GPU, gradients go over NCCL."""
+    r0, r1 = run_ranks(train_worker, tmp_path, method, gpus=True)
+    assert (r0["devices"], r1["devices"]) == (["cuda:0"], ["cuda:1"])
+    assert r0["weights"] == r1["weights"] and r0["loaded"] == r0["weights"]
+    assert r0["mismatches"] == 0 and r1["mismatches"] == 0
+    assert r0["history"][-1]["train_loss"] < r0["history"][0]["train_loss"]
+
+
 def test_codistillation_exchanges_predictions_and_brings_ranks_together(tmp_path):
     """Each rank trains its own model (weights differ), and the pull makes their predictions closer
     than the same two models trained alone."""

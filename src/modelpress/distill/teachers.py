@@ -111,13 +111,13 @@ class TeacherStore:
         idx = idx.long()
         starts, ends = self.offsets[idx], self.offsets[idx + 1]  # (B,)
         counts = ends - starts
-        rows = torch.repeat_interleave(torch.arange(idx.shape[0]), counts)  # (nnz_b,)
+        rows = torch.repeat_interleave(torch.arange(idx.shape[0], device=idx.device), counts)  # (nnz_b,)
         # position of each kept entry in the CSR arrays: starts[b] + j for j < counts[b], vectorised
         first_out = torch.cumsum(counts, 0) - counts  # where row b begins in the gathered output
-        flat = torch.repeat_interleave(starts - first_out, counts) + torch.arange(int(counts.sum()))
+        flat = torch.repeat_interleave(starts - first_out, counts) + torch.arange(int(counts.sum()), device=idx.device)
         kept_logits = self.logits[flat].float()
         lse = self.lse[idx]  # (B,)
-        kept_mass = torch.zeros(idx.shape[0]).index_add_(0, rows, torch.exp(kept_logits - lse[rows]))
+        kept_mass = torch.zeros(idx.shape[0], device=idx.device).index_add_(0, rows, torch.exp(kept_logits - lse[rows]))
         dropped = (self.num_classes - counts).clamp(min=1)
         leftover = (1.0 - kept_mass).clamp(min=1e-12) / dropped  # (B,) probability per dropped class
         out = (torch.log(leftover) + lse).unsqueeze(1).repeat(1, self.num_classes)  # (B, C)

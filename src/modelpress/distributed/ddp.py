@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from modelpress.core.device import module_device
 from modelpress.core.errors import ConfigError
 from modelpress.distributed.context import DistContext, init_distributed, mean_across_ranks
 from modelpress.distributed.hooks import CommStats, register_compression
@@ -102,7 +103,7 @@ class DataParallel:
         ignore = [name for name, p in module.named_parameters() if id(p) not in keep]
         ignore += [name for name, _ in module.named_buffers() if not name.startswith("model.")]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
-        device_ids = [model_device.index] if (model_device := _device_of(model)).type == "cuda" else None
+        device_ids = [model_device.index] if (model_device := module_device(model)).type == "cuda" else None
         self.ddp = DistributedDataParallel(module, device_ids=device_ids)
         self.hook_state = register_compression(self.ddp, compression, self.stats, seed=seed, powersgd_rank=powersgd_rank,
                                                powersgd_start_iter=powersgd_start_iter, terngrad_clip=terngrad_clip)
@@ -125,8 +126,3 @@ class DataParallel:
         """Drop DDP (and with it the gradient hooks it put on the model's parameters)."""
         self.ddp = None
         self.hook_state = None
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")

@@ -12,16 +12,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from modelpress.core.device import module_device
 from modelpress.core.errors import ShapeError
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) on inputs ``x`` ``(N, *input_shape)`` -> ``(N, C)`` float32."""
+    """Logits of ``model`` (in eval mode) on inputs ``x`` ``(N, *input_shape)`` -> ``(N, C)`` float32,
+    on ``x``'s device whichever device the model runs on (each chunk goes to the model's)."""
     was_training = model.training
     model.eval()
+    where = module_device(model)
     try:
-        outputs = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        outputs = [model(x[i : i + batch_size].to(where)).to(x.device) for i in range(0, x.shape[0], batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)

@@ -25,6 +25,7 @@ from modelpress.distributed.ddp import DataParallel
 from modelpress.core.checkpoint import load_checkpoint, save_checkpoint
 from modelpress.models.io import add_missing_masks
 from modelpress.train.config import OptimizerName, Schedule, TrainConfig
+from modelpress.train.device import move_, placed_on, resolve_device
 
 
 class Objective(Protocol):
@@ -55,10 +56,11 @@ class TrainResult:
         return len(self.history)
 
 
-def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _split_batch(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
         raise ConfigError("training batches must be (x, y) or (x, y, index) tuples")
-    return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    x, y, idx = batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
+    return move_(x, device), y.to(device), (idx.to(device) if idx is not None else None)  # x may be a dict of tensors
 
 
 def _make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -90,13 +92,13 @@ def apply_max_norm_(model: nn.Module, max_norm: float) -> None:
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+def _validate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over ``loader``."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for batch in loader:
-        x, y, _ = _split_batch(batch)
+        x, y, _ = _split_batch(batch, device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
@@ -123,6 +125,7 @@ def train(
     log: Callable[[str], None] | None = None,
     description: str = "train",
     data_parallel: bool = True,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -148,94 +151,102 @@ def train(
             examples per step, metrics averaged, rank 0 alone logging and checkpointing (see
             :mod:`modelpress.distributed.ddp`). ``False``: every process trains on its own, as in one
             process (codistillation). Without a launcher both are the single-process loop.
+        device: where to train (``cpu``, ``cuda``, ``cuda:N``); ``None`` takes ``$MODELPRESS_DEVICE``,
+            else the GPU when CUDA is available (under torchrun each rank its own, gradients then
+            travelling over NCCL), else the CPU. The model, what the objective holds (teachers,
+            stored outputs: :func:`~modelpress.train.device.move_`) and each batch go there; the
+            model and objective are handed back on the model's original device.
 
     Returns:
         A :class:`TrainResult`; ``model`` holds the final (or best-validation) weights.
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf; the last good checkpoint stays on disk.
-        ConfigError: early stopping asked for without validation data, or a mismatched checkpoint.
+        ConfigError: early stopping asked for without validation data, a mismatched checkpoint, or a
+            device that is not there.
     """
-    show = _show_progress(progress)
-    if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
-        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
-    dp = DataParallel.launch() if data_parallel else None
-    if dp is not None and not dp.is_main:  # rank 0 alone reports
-        show, log = False, (lambda line: None)
-    if isinstance(data, DataSplits):
-        train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
-        val_loader = data.loader("val", 1024) if len(data.y_val) else None
-    else:
-        train_loader = data
-    if config.patience is not None and val_loader is None:
-        raise ConfigError("patience (early stopping) needs validation data")
-    if dp is not None:
-        train_loader = dp.shard(train_loader, config.seed)
-    elif config.grad_compression is not None:
-        log(f"grad_compression={config.grad_compression.value} has no effect in a single process (launch with torchrun)")
-
-    hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
-    if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
-        callbacks = (objective, *callbacks)  # an objective that follows the epoch (e.g. early-stopped KD) is a callback too
-    run = _Run(model, objective, config)
-    torch.manual_seed(config.seed)
-    start_epoch = 0
-    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        start_epoch = run.restore(checkpoint_path)
-        log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
-    if dp is not None:  # after restoring, before any validation: DDP gives every rank rank 0's weights
-        run.loss_fn = dp.wrap(model, objective, run.params, compression=config.grad_compression, seed=config.seed,
-                              powersgd_rank=config.powersgd_rank, powersgd_start_iter=config.powersgd_start_iter,
-                              terngrad_clip=config.terngrad_clip)
-
-    # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
-    # epochs are not candidates for "best", or restoring them would undo its work
-    settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in callbacks), default=0)
-    if config.restore_best and val_loader is not None and start_epoch == 0 and settle_step == 0:
-        # the starting weights are a candidate too: retraining or fine-tuning (e.g. of shared
-        # centroids at a too-high learning rate) must never hand back a model worse than it got
-        run.track_best(-1, _validate(model, val_loader)[1])
-    for epoch in range(start_epoch, config.epochs):
-        for cb in callbacks:
-            getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
+    dp = DataParallel.launch() if data_parallel else None  # first: it assigns this rank's GPU
+    device = resolve_device(device, model)
+    with placed_on(device, model, objective, callbacks):  # and back where the caller had them
+        show = _show_progress(progress)
+        if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
+            log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
+        if dp is not None and not dp.is_main:  # rank 0 alone reports
+            show, log = False, (lambda line: None)
+        if isinstance(data, DataSplits):
+            train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
+            val_loader = data.loader("val", 1024) if len(data.y_val) else None
+        else:
+            train_loader = data
+        if config.patience is not None and val_loader is None:
+            raise ConfigError("patience (early stopping) needs validation data")
         if dp is not None:
-            dp.seed_epoch(config.seed, epoch)
-        started = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, disable=not show, file=sys.stderr)
-        metrics = run.train_epoch(epoch, bar, callbacks, checkpoint_path)
-        bar.close()
-        if val_loader is not None:
-            metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader)
-        if dp is not None:  # averaged, so every rank picks the same best epoch and stops together
-            metrics = dp.reduce(metrics)
-        if val_loader is not None and run.step >= settle_step:
-            run.track_best(epoch, metrics["val_accuracy"])
-        metrics["seconds"] = time.perf_counter() - started
-        run.result.history.append(metrics)
-        log(_format_epoch(metrics, config.epochs))
-        stop = config.patience is not None and run.bad_epochs >= config.patience
-        if checkpoint_path is not None and (dp is None or dp.is_main):
-            run.save(checkpoint_path, finished=stop)
-        for cb in callbacks:
-            getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
-        if stop:
-            run.result.stopped_early = True
-            log(f"early stopping: no validation improvement for {config.patience} epochs")
-            break
+            train_loader = dp.shard(train_loader, config.seed)
+        elif config.grad_compression is not None:
+            log(f"grad_compression={config.grad_compression.value} has no effect in a single process (launch with torchrun)")
 
-    if dp is not None:
-        dp.close()
-    if config.restore_best and run.best_state is not None:
-        model.load_state_dict(run.best_state)
-    model.eval()
-    return run.result
+        hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
+        if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
+            callbacks = (objective, *callbacks)  # an objective that follows the epoch (e.g. early-stopped KD) is a callback too
+        run = _Run(model, objective, config, device)
+        torch.manual_seed(config.seed)
+        start_epoch = 0
+        if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+            start_epoch = run.restore(checkpoint_path)
+            log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+        if dp is not None:  # after restoring, before any validation: DDP gives every rank rank 0's weights
+            run.loss_fn = dp.wrap(model, objective, run.params, compression=config.grad_compression, seed=config.seed,
+                                  powersgd_rank=config.powersgd_rank, powersgd_start_iter=config.powersgd_start_iter,
+                                  terngrad_clip=config.terngrad_clip)
+
+        # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
+        # epochs are not candidates for "best", or restoring them would undo its work
+        settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in callbacks), default=0)
+        if config.restore_best and val_loader is not None and start_epoch == 0 and settle_step == 0:
+            # the starting weights are a candidate too: retraining or fine-tuning (e.g. of shared
+            # centroids at a too-high learning rate) must never hand back a model worse than it got
+            run.track_best(-1, _validate(model, val_loader, device)[1])
+        for epoch in range(start_epoch, config.epochs):
+            for cb in callbacks:
+                getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
+            if dp is not None:
+                dp.seed_epoch(config.seed, epoch)
+            started = time.perf_counter()
+            bar = tqdm(train_loader, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, disable=not show, file=sys.stderr)
+            metrics = run.train_epoch(epoch, bar, callbacks, checkpoint_path)
+            bar.close()
+            if val_loader is not None:
+                metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader, device)
+            if dp is not None:  # averaged, so every rank picks the same best epoch and stops together
+                metrics = dp.reduce(metrics)
+            if val_loader is not None and run.step >= settle_step:
+                run.track_best(epoch, metrics["val_accuracy"])
+            metrics["seconds"] = time.perf_counter() - started
+            run.result.history.append(metrics)
+            log(_format_epoch(metrics, config.epochs))
+            stop = config.patience is not None and run.bad_epochs >= config.patience
+            if checkpoint_path is not None and (dp is None or dp.is_main):
+                run.save(checkpoint_path, finished=stop)
+            for cb in callbacks:
+                getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
+            if stop:
+                run.result.stopped_early = True
+                log(f"early stopping: no validation improvement for {config.patience} epochs")
+                break
+
+        if dp is not None:
+            dp.close()
+        if config.restore_best and run.best_state is not None:
+            model.load_state_dict(run.best_state)
+        model.eval()
+        return run.result
 
 
 class _Run:
     """The mutable state of one training run: what a checkpoint holds and what resume restores."""
 
-    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig) -> None:
-        self.model, self.objective, self.config = model, objective, config
+    def __init__(self, model: nn.Module, objective: Objective, config: TrainConfig, device: torch.device) -> None:
+        self.model, self.objective, self.config, self.device = model, objective, config, device
         params = list(model.parameters())
         if isinstance(objective, nn.Module):  # e.g. a FitNets regressor trained with the student
             params += [p for p in objective.parameters() if p.requires_grad]
@@ -259,7 +270,7 @@ class _Run:
         self.model.train()
         loss_sum, seen = 0.0, 0
         for batch in batches:
-            x, y, idx = _split_batch(batch)
+            x, y, idx = _split_batch(batch, self.device)
             if self.jitter is not None:
                 x = self.jitter(x, jitter_gen)
             loss = self.loss_fn(x, y, idx)
