@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     how = g.add_mutually_exclusive_group()
     how.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed (default 0.9)")
     how.add_argument("--quality", type=float, default=None, help="Han et al.'s threshold: remove |w| <= quality x std")
-    g.add_argument("--criterion", choices=["magnitude", "global"], default="magnitude",
-                   help="with --sparsity: per-layer (magnitude) or one threshold for all layers (global)")
+    g.add_argument("--criterion", choices=["magnitude", "global", "sensitivity"], default="magnitude",
+                   help="with --sparsity: per-layer (magnitude), one threshold for all layers (global), or the "
+                        "kept weights spread over the layers by a sensitivity scan on the validation split")
     g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning in N steps (default 1)")
     g.add_argument("--retrain-epochs", type=int, default=5, help="retraining epochs after each pruning step")
     g.add_argument("--retrain-lr", type=float, default=0.01)

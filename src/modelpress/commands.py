@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from modelpress.distill import DistillConfig
 from modelpress.measure import markdown_table, measure_model, write_json
 from modelpress.measure.plots import plot_weight_histograms
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
-from modelpress.prune import PruneConfig
+from modelpress.prune import PruneConfig, allocate_sparsity, layer_sensitivity, prunable_layers
 from modelpress.quantize import QuantizeConfig
 from modelpress.encode import read_any_model, read_manifest
 from modelpress.encode.report import (BUDGET_COLUMNS, BUDGET_HEADERS, LAYER_COLUMNS, LAYER_HEADERS, budget_rows,
@@ -144,8 +145,12 @@ def parse_layer_bits(text: str, option: str) -> dict[str, int]:
 
 def cmd_compress(args: argparse.Namespace) -> dict:
     """``modelpress compress``: the three Deep Compression stages, the file, and its report."""
+    if args.quality is not None and args.criterion != "magnitude":
+        raise ConfigError(f"--criterion {args.criterion} goes with --sparsity; --quality is Han's threshold criterion")
     if args.quality is not None:
         prune = PruneConfig(criterion="threshold", quality=args.quality)
+    elif args.criterion == "sensitivity":  # the per-layer targets need the model and data: set below
+        prune = PruneConfig(sparsity=0.9 if args.sparsity is None else args.sparsity)
     else:
         prune = PruneConfig(criterion=args.criterion, sparsity=0.9 if args.sparsity is None else args.sparsity)
     bits, index_bits = parse_layer_bits(args.bits, "--bits"), parse_layer_bits(args.index_bits, "--index-bits")
@@ -166,6 +171,11 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     splits = load_data_from_args(args)
     check_model_fits_data(loaded.spec, splits, str(args.model))
     _say(args, f"data: {splits.describe()}")
+    allocation = None
+    if args.criterion == "sensitivity":
+        allocation = _sensitivity_allocation(loaded.model, splits, prune.sparsity)
+        config = replace(config, prune=PruneConfig(sparsity=0.0, layer_sparsity=allocation))
+        _say(args, "sensitivity allocation: " + ", ".join(f"{name} {s:.2f}" for name, s in allocation.items()))
     seed_everything(args.seed)
     result = deep_compress(loaded.model, splits, config, args.output, progress=_progress(args))
     report = write_compression_report(result, Path(args.output), title=f"{loaded.spec.arch} on {splits.name}")
@@ -173,7 +183,17 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     summary = result.summary_rows()
     return {"output": str(args.output), "reference_error_percent": summary[0]["error_percent"],
             "compressed_error_percent": summary[-1]["error_percent"], "bytes": result.compressed["bytes"],
-            "rate": summary[-1]["rate"], "layers": result.layers}
+            "rate": summary[-1]["rate"], "layers": result.layers, "allocation": allocation}
+
+
+def _sensitivity_allocation(model, splits: DataSplits, sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities keeping ``1 - sparsity`` of the prunable weights where a one-layer-at-a-time
+    scan on the validation split says they matter most."""
+    if not len(splits.y_val):
+        raise ConfigError("--criterion sensitivity scans the validation split, which is empty; set --val-size")
+    layers = prunable_layers(model)
+    kept = round((1.0 - sparsity) * sum(m.weight.numel() for m in layers.values()))
+    return allocate_sparsity(layer_sensitivity(model, splits.x_val, splits.y_val), kept)
 
 
 def write_compression_report(result, output: Path, title: str) -> str:

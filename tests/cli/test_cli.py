@@ -136,11 +136,11 @@ def test_interrupted_training_resumes_from_the_checkpoint(tiny_mnist_dir, tmp_pa
     real_validate = loop._validate
     calls = {"n": 0}
 
-    def crash_on_second_epoch(model, loader):
+    def crash_on_second_epoch(model, loader, device):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_validate(model, loader)
+        return real_validate(model, loader, device)
 
     monkeypatch.setattr(loop, "_validate", crash_on_second_epoch)
     assert main(args) == 130
@@ -249,3 +249,25 @@ def test_compress_gradually_and_without_context_masks(tiny_mnist_dir, tmp_path, 
     assert version == 1  # no context-coded masks: the first format, readable by older modelpress
     assert "gradual" in one_error_line(capsys, ["compress", str(model), *common, "--gradual", "1.5",
                                                 "-o", str(tmp_path / "x.mpz")])
+
+
+def test_compress_spreads_the_kept_weights_by_a_sensitivity_scan(tiny_mnist_dir, tmp_path, capsys):
+    from modelpress.encode import load_compressed
+
+    data = str(tiny_mnist_dir)
+    model = tmp_path / "m.mpk"
+    run_json(capsys, ["train", "--model", "mlp:64-32", "--data", data, "--val-size", "50", *FAST, "-o", str(model), "--json"])
+    common = ["--data", data, "--sparsity", "0.9", "--criterion", "sensitivity", "--bits", "fc=4", "--retrain-epochs",
+              "1", "--finetune-epochs", "0", "--batch-size", "64", "--quiet", "--json"]
+    out = run_json(capsys, ["compress", str(model), "--val-size", "50", *common, "-o", str(tmp_path / "s.mpz")])
+    allocation = out["allocation"]
+    assert set(allocation) == {"net.1", "net.3", "net.5"}
+    loaded, _, _ = load_compressed(tmp_path / "s.mpz")
+    layers = {name: m.weight for name, m in loaded.named_modules() if name in allocation}
+    kept = sum(int((w != 0).sum()) for w in layers.values())
+    assert kept <= round(0.1 * sum(w.numel() for w in layers.values()))  # the budget holds over all layers
+    for name, w in layers.items():
+        assert float((w == 0).float().mean()) >= allocation[name] - 0.01
+    with_quality = [a for a in common if a not in ("--sparsity", "0.9")] + ["--quality", "1.0"]
+    assert "--criterion sensitivity goes with --sparsity" in one_error_line(
+        capsys, ["compress", str(model), *with_quality, "-o", str(tmp_path / "x.mpz")])

@@ -17,6 +17,7 @@ from modelpress.prune.magnitude import (
     sparsity_report,
 )
 from modelpress.prune.graph import ChannelGraph, ChannelGroup, trace_channels
+from modelpress.prune.sensitivity import SensitivityScan, allocate_sparsity, layer_sensitivity
 from modelpress.prune.schedules import GradualPruning, capture_state, iterative_prune, lottery_ticket, rewind_
 from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, polynomial_sparsity, threshold_mask, unit_mask
 from modelpress.prune.structured import ChannelCriterion, StructuredConfig, StructuredReport, replay_resize, structured_prune
@@ -28,8 +29,10 @@ __all__ = [
     "Criterion",
     "GradualPruning",
     "PruneConfig",
+    "SensitivityScan",
     "SparsityReport",
     "activation_frequency",
+    "allocate_sparsity",
     "apply_masks_",
     "capture_state",
     "compute_masks",
@@ -37,6 +40,7 @@ __all__ = [
     "global_magnitude_masks",
     "is_pruned",
     "iterative_prune",
+    "layer_sensitivity",
     "lottery_ticket",
     "magnitude_mask",
     "make_permanent_",
