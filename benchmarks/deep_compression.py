@@ -84,8 +84,8 @@ RECIPES = {
     "lenet5": ModelRecipe(
         "lenet5", TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4),
         {"features.0": 0.34, "features.3": 0.88, "classifier.1": 0.92, "classifier.3": 0.81}, bits_fc=5, bits_conv=8,
-        index_bits_conv=5, retrain_epochs=20, retrain_lr=0.02, finetune_epochs=2,
-        ladder=((1.25, 4, 5), (1.0, 4, 5), (1.0, 3, 5)), allocate=True),
+        index_bits_conv=5, retrain_epochs=20, retrain_lr=0.05, finetune_epochs=2,
+        ladder=((1.1, 4, 5), (1.0, 4, 5), (1.0, 3, 5)), allocate=True),
 }
 ALLOWED_LOSS_PP = 0.1
 GRADUAL = 0.5  # sparsity ramps up over the first half of the retraining epochs

@@ -57,24 +57,26 @@ def _scan():
                 "mid": dict(zip(grid, [10.2, 11.0, 13.0, 16.0]))})
 
 
+def _kept(scan, allocation):
+    return sum(round(scan.layers[n] * (1 - s)) for n, s in allocation.items())
+
+
 def test_allocation_keeps_weights_where_they_buy_the_most_accuracy():
     scan = _scan()
     allocation = allocate_sparsity(scan, 2_000)
-    kept = sum(round(scan.layers[n] * (1 - s)) for n, s in allocation.items())
-    assert kept <= 2_000
+    assert 1_980 <= _kept(scan, allocation) <= 2_000  # between scanned points the budget is spent, not rounded away
     # the 100 sensitive weights stay dense; the tolerant big layer gives up the most
-    assert allocation == {"big": 0.9, "small": 0.0, "mid": 0.5}
+    assert allocation["small"] == 0.0 and allocation["big"] > 0.8 > allocation["mid"] > 0.0
     # a looser budget never prunes any layer harder
     looser = allocate_sparsity(scan, 4_000)
     assert all(looser[n] <= allocation[n] for n in allocation)
-    assert sum(round(scan.layers[n] * (1 - s)) for n, s in looser.items()) <= 4_000
+    assert looser["mid"] == 0.0 and _kept(scan, looser) <= 4_000
 
 
 def test_allocation_within_every_budget_or_a_clear_error():
     scan = _scan()
     for budget in (600, 1_000, 3_000, 20_000):
-        allocation = allocate_sparsity(scan, budget)
-        assert sum(round(scan.layers[n] * (1 - s)) for n, s in allocation.items()) <= budget
+        assert _kept(scan, allocate_sparsity(scan, budget)) <= budget
     assert allocate_sparsity(scan, 20_000) == {"big": 0.0, "small": 0.0, "mid": 0.0}  # everything fits dense
     with pytest.raises(ConfigError, match="highest sparsities keep 555 weights"):
         allocate_sparsity(scan, 500)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,7 +93,8 @@ def layer_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 def allocate_sparsity(scan: SensitivityScan, kept_weights: int) -> dict[str, float]:
     """Per-layer sparsities from the scan that keep at most ``kept_weights`` weights in all.
 
-    Treats the one-layer error increases as additive and minimises their sum under the budget by
+    Treats the one-layer error increases (interpolated linearly between the scanned sparsities) as
+    additive and minimises their sum under the budget by
     Lagrangian relaxation: for a price ``lam`` per kept weight each layer independently takes the
     sparsity on its grid minimising ``error increase + lam * weights kept``; ``lam`` is bisected to the
     smallest price that meets the budget. A weight is thus kept where it buys the most accuracy: a
@@ -109,12 +111,19 @@ def allocate_sparsity(scan: SensitivityScan, kept_weights: int) -> dict[str, flo
     Raises:
         ConfigError: the budget is below what the grid's highest sparsities keep.
     """
+    # between the scanned sparsities the error is interpolated linearly, on a grid fine enough that one
+    # step of even a large layer is a small part of the budget
+    options = {}
+    for name, curve in scan.errors.items():
+        known = sorted({0.0: scan.reference_error, **curve}.items())
+        fine = np.union1d([s for s, _ in known], np.arange(0.0, known[-1][0], 0.0025))
+        options[name] = dict(zip(fine.round(4).tolist(), np.interp(fine, *zip(*known)).tolist()))
+
     def at(price: float) -> dict[str, float]:
         chosen = {}
-        for name, curve in scan.errors.items():
-            options = {0.0: scan.reference_error, **curve}
-            chosen[name] = min(options, key=lambda s: (options[s] - scan.reference_error
-                                                       + price * scan.layers[name] * (1.0 - s), -s))
+        for name, errors in options.items():
+            chosen[name] = min(errors, key=lambda s: (errors[s] - scan.reference_error
+                                                      + price * scan.layers[name] * (1.0 - s), -s))
         return chosen
 
     def kept(sparsity: dict[str, float]) -> int:
@@ -135,4 +144,27 @@ def allocate_sparsity(scan: SensitivityScan, kept_weights: int) -> dict[str, flo
             low = middle
         else:
             high = middle
-    return at(high)
+    return _fill(at(high), options, scan.layers, kept_weights - kept(at(high)))
+
+
+def _fill(chosen: dict[str, float], options: dict[str, dict[float, float]], sizes: dict[str, int],
+          spare: int) -> dict[str, float]:
+    """Spend the weights the price left over: at the critical price a whole linear segment of the error
+    curve flips at once, so step the layers back, best error reduction per weight first, while it fits."""
+    chosen = dict(chosen)
+    while True:
+        best, best_ratio = None, 0.0
+        for name, s in chosen.items():
+            lower = [t for t in options[name] if t < s]
+            if not lower:
+                continue
+            step = max(lower)
+            extra = round(sizes[name] * (1.0 - step)) - round(sizes[name] * (1.0 - s))
+            gain = options[name][s] - options[name][step]
+            if 0 < extra <= spare and gain > 0 and gain / extra > best_ratio:
+                best, best_ratio = (name, step, extra), gain / extra
+        if best is None:
+            return chosen
+        name, step, extra = best
+        chosen[name] = step
+        spare -= extra
