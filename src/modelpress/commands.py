@@ -19,7 +19,7 @@ from modelpress.distill import DistillConfig
 from modelpress.measure import markdown_table, measure_model, write_json
 from modelpress.measure.plots import plot_weight_histograms
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
-from modelpress.prune import PruneConfig, allocate_sparsity, layer_sensitivity, prunable_layers
+from modelpress.prune import PruneConfig, sensitivity_sparsity
 from modelpress.quantize import QuantizeConfig
 from modelpress.encode import read_any_model, read_manifest
 from modelpress.encode.report import (BUDGET_COLUMNS, BUDGET_HEADERS, LAYER_COLUMNS, LAYER_HEADERS, budget_rows,
@@ -173,7 +173,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     _say(args, f"data: {splits.describe()}")
     allocation = None
     if args.criterion == "sensitivity":
-        allocation = _sensitivity_allocation(loaded.model, splits, prune.sparsity)
+        allocation = sensitivity_sparsity(loaded.model, splits.x_val, splits.y_val, prune.sparsity)
         config = replace(config, prune=PruneConfig(sparsity=0.0, layer_sparsity=allocation))
         _say(args, "sensitivity allocation: " + ", ".join(f"{name} {s:.2f}" for name, s in allocation.items()))
     seed_everything(args.seed)
@@ -184,16 +184,6 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     return {"output": str(args.output), "reference_error_percent": summary[0]["error_percent"],
             "compressed_error_percent": summary[-1]["error_percent"], "bytes": result.compressed["bytes"],
             "rate": summary[-1]["rate"], "layers": result.layers, "allocation": allocation}
-
-
-def _sensitivity_allocation(model, splits: DataSplits, sparsity: float) -> dict[str, float]:
-    """Per-layer sparsities keeping ``1 - sparsity`` of the prunable weights where a one-layer-at-a-time
-    scan on the validation split says they matter most."""
-    if not len(splits.y_val):
-        raise ConfigError("--criterion sensitivity scans the validation split, which is empty; set --val-size")
-    layers = prunable_layers(model)
-    kept = round((1.0 - sparsity) * sum(m.weight.numel() for m in layers.values()))
-    return allocate_sparsity(layer_sensitivity(model, splits.x_val, splits.y_val), kept)
 
 
 def write_compression_report(result, output: Path, title: str) -> str:

@@ -194,3 +194,16 @@ def test_tree_stages_from_an_ensemble_and_from_an_earlier_network(tmp_path):
     assert index["net-tree"]["metrics"]["accuracy"] > 0.2  # far above chance (0.1): it learned the network's labels
     with pytest.raises(ConfigError, match="writes a file no later stage can read as a model"):
         parse_recipe(raw | {"stages": raw["stages"] + [{"kind": "prune", "input": "net-tree"}]})
+
+
+def test_a_prune_stage_can_spread_its_weights_by_sensitivity(tmp_path):
+    raw = {"data": {"name": "digits", "limit": 240, "limit_test": 120},
+           "stages": [{"kind": "train", "name": "net", "model": "mlp:32", "epochs": 2, "lr": 0.1},
+                      {"kind": "prune", "criterion": "sensitivity", "sparsity": 0.8, "retrain_epochs": 1}]}
+    index = {e["name"]: e for e in run_recipe(parse_recipe(raw), tmp_path / "run", log=_quiet).stages}
+    allocation = index["prune"]["info"]["sparsity_per_layer"]
+    layers = {row["layer"]: row for row in index["prune"]["metrics"]["layers"]}
+    assert set(allocation) == {"net.1", "net.3"}
+    assert len({round(s, 2) for s in allocation.values()}) > 1  # not one sparsity for all
+    kept = sum(row["weights"] * (1 - row["sparsity"]) for row in layers.values())
+    assert kept <= 0.2 * sum(row["weights"] for row in layers.values()) + 1

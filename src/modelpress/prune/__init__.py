@@ -17,7 +17,7 @@ from modelpress.prune.magnitude import (
     sparsity_report,
 )
 from modelpress.prune.graph import ChannelGraph, ChannelGroup, trace_channels
-from modelpress.prune.sensitivity import SensitivityScan, allocate_sparsity, layer_sensitivity
+from modelpress.prune.sensitivity import SensitivityScan, allocate_sparsity, layer_sensitivity, sensitivity_sparsity
 from modelpress.prune.schedules import GradualPruning, capture_state, iterative_prune, lottery_ticket, rewind_
 from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, polynomial_sparsity, threshold_mask, unit_mask
 from modelpress.prune.structured import ChannelCriterion, StructuredConfig, StructuredReport, replay_resize, structured_prune
@@ -49,6 +49,7 @@ __all__ = [
     "prune_",
     "replay_resize",
     "rewind_",
+    "sensitivity_sparsity",
     "sparsity_report",
     "StructuredConfig",
     "StructuredReport",

@@ -168,3 +168,20 @@ def _fill(chosen: dict[str, float], options: dict[str, dict[float, float]], size
         name, step, extra = best
         chosen[name] = step
         spare -= extra
+
+
+def sensitivity_sparsity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities that remove ``sparsity`` of all prunable weights together, spread by a scan.
+
+    :func:`layer_sensitivity` on ``(x, y)`` (held-out data), then :func:`allocate_sparsity` with a
+    budget of ``1 - sparsity`` of the weights of every Linear/Conv layer.
+
+    Raises:
+        ConfigError: no examples to scan on, or ``sparsity`` outside [0, 1).
+    """
+    if x.shape[0] == 0:
+        raise ConfigError("the sensitivity scan needs held-out examples, and the validation split is empty")
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1); got {sparsity}")
+    total = sum(m.weight.numel() for m in prunable_layers(model).values())
+    return allocate_sparsity(layer_sensitivity(model, x, y), round((1.0 - sparsity) * total))

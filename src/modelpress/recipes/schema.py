@@ -115,7 +115,9 @@ class DistillStage(TrainingOptions):
         return {"born-again": 1.0, "attention": 0.0}.get(self.method, 0.9)
 
 
-PRUNE_CRITERIA = {"unstructured": ("magnitude", "global", "threshold"), "structured": ("l1", "l2", "apoz", "taylor")}
+# sensitivity: the kept weights spread over the layers by a scan on the validation split
+PRUNE_CRITERIA = {"unstructured": ("magnitude", "global", "threshold", "sensitivity"),
+                  "structured": ("l1", "l2", "apoz", "taylor")}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from modelpress.core.seed import seed_everything
 from modelpress.encode import load_compressed, save_compressed
 from modelpress.pipeline import DeepCompressionConfig, prune_and_retrain
-from modelpress.prune import PruneConfig, StructuredConfig, structured_prune
+from modelpress.prune import PruneConfig, StructuredConfig, sensitivity_sparsity, structured_prune
 from modelpress.quantize import QuantizeConfig, finalize_, quantize_
 from modelpress.recipes.context import StageContext, StageOutput
 from modelpress.recipes.schema import EncodeStage, ExportStage, FactorizeStage, Int8Stage, PruneStage, QuantizeStage
@@ -24,7 +24,11 @@ def run_prune(options: PruneStage, ctx: StageContext, source: str | None) -> Sta
                            grad_clip=options.grad_clip, seed=ctx.seed) if options.retrain_epochs else None)
     info = {}
     if options.mode == "unstructured":
-        prune = PruneConfig(criterion=options.criterion, sparsity=options.sparsity, quality=options.quality)
+        if options.criterion == "sensitivity":
+            info["sparsity_per_layer"] = sensitivity_sparsity(model, ctx.splits.x_val, ctx.splits.y_val, options.sparsity)
+            prune = PruneConfig(sparsity=0.0, layer_sparsity=info["sparsity_per_layer"])
+        else:
+            prune = PruneConfig(criterion=options.criterion, sparsity=options.sparsity, quality=options.quality)
         config = DeepCompressionConfig(prune=prune, prune_steps=options.steps, prune_retrain=retrain)
         prune_and_retrain(model, ctx.splits, config, progress=ctx.progress, checkpoint_path=ctx.checkpoint("retrain"),
                           resume=True, callbacks=ctx.callbacks)
