@@ -7,9 +7,10 @@ share weights by k-means (fine-tuning the centroids, distilling too), code into 
 context model, whichever is smaller), load the file back and measure it. Then push the rate (fewer
 weights kept, fewer bits; for LeNet-5 the kept weights are spread over the layers by a sensitivity scan
 of the reference on validation data, since Han's MNIST ratios prune its conv layers too hard on
-Fashion-MNIST): the pushed row is the highest-rate step whose *validation* error is within
-0.1 points of the reference's (settings are never chosen on the test split), and a seed check
-repeats it. Every step of that ladder is reported. Also: Figure 6 (accuracy vs rate for pruning only, quantization
+Fashion-MNIST). Every step that reaches the paper's rate is repeated with more training seeds; the
+pushed row is the highest-rate one whose mean *validation* error is within 0.1 points of the
+reference's (settings are never chosen on the test split), judged by its mean test error. Every
+run of the ladder is reported. Also: Figure 6 (accuracy vs rate for pruning only, quantization
 only and both, on LeNet-300-100), the centroid initialisations (linear / density / random), and
 codec speed and bits per symbol beside the entropy.
 
@@ -175,7 +176,7 @@ def compress_step(recipe: ModelRecipe, data, runs: Path, reference, keep_scale: 
 
 
 def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, seed_check: int):
-    """Reference, Han's settings, the push ladder, and a seed check of the pushed setting."""
+    """Reference, Han's settings, the push ladder, and a seed check of every step at the paper's rate."""
     torch.manual_seed(seed)
     reference = cached_model(runs / f"{recipe.arch}-ref.mpk", lambda: _train_reference(recipe, data, seed))
     ref = {"test_error_percent": error_percent(reference, data.x_test, data.y_test),
@@ -207,18 +208,34 @@ def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, seed_check: in
                                     ref["val_error_percent"], allocation(keep_scale) if step else None)
         rows.append(judged(row))
         results.append(result)
-    # Chosen on validation; the issue's criterion, the test error, is then reported for it (one test
-    # set is noisy: binomial standard error ~0.3 points at 10% error on 10,000 examples).
-    chosen = max((r for r in rows if r["within_budget_val"]), key=lambda r: r["rate"], default=None)
-    seed_rows = []
-    if chosen is not None:
+    # One test set is noisy (binomial standard error ~0.3 points at 10% error on 10,000 examples) and one
+    # training seed moves the error by ~0.1, so every step that reaches the paper's rate (a choice by rate
+    # alone, never by error) is repeated with more training seeds, and the pushed setting is the
+    # highest-rate one whose *mean validation* error is within budget; its mean test error is then judged.
+    paper_rate = SEEDS_TABLE_1.get(recipe.arch, {}).get("rate", 0)
+    checks = []
+    for first in (r for r in rows if r["rate"] >= paper_rate):
+        repeats = [first]
         for extra_seed in range(seed + 1, seed + 1 + seed_check):
-            row, _ = compress_step(recipe, data, runs, reference, chosen["keep_scale"], chosen["bits_fc"],
-                                   chosen["bits_conv"], extra_seed, f"{chosen['model']}, seed {extra_seed}",
-                                   ref["val_error_percent"], chosen["sparsity"] if chosen["allocated"] else None)
-            seed_rows.append(judged(row))
+            row, _ = compress_step(recipe, data, runs, reference, first["keep_scale"], first["bits_fc"],
+                                   first["bits_conv"], extra_seed, f"{first['model']}, seed {extra_seed}",
+                                   ref["val_error_percent"], first["sparsity"] if first["allocated"] else None)
+            repeats.append(judged(row))
+        checks.append(seed_summary(first["model"], repeats, ref))
+    chosen = max((c for c in checks if c["within_budget_val"]), key=lambda c: c["rate"], default=None)
     ref["scan"] = scan.rows() if scan is not None else None
-    return ref, rows, results, chosen, seed_rows
+    return ref, rows, results, chosen, checks
+
+
+def seed_summary(setting: str, repeats: list[dict], ref: dict) -> dict:
+    """One setting over its training seeds: mean errors and rate, judged against the reference."""
+    mean = {key: float(np.mean([r[key] for r in repeats])) for key in ("test_error_percent", "val_error_percent", "rate",
+                                                                        "bytes", "kept_percent")}
+    mean["bytes"] = round(mean["bytes"])
+    return {"model": setting, **mean, "seeds": len(repeats), "rows": repeats,
+            "test_errors": " / ".join(f"{r['test_error_percent']:.2f}" for r in repeats),
+            "within_budget_val": mean["val_error_percent"] <= ref["val_error_percent"] + ALLOWED_LOSS_PP + 1e-6,
+            "within_budget_test": mean["test_error_percent"] <= ref["test_error_percent"] + ALLOWED_LOSS_PP + 1e-6}
 
 
 def sensitivity_scan(reference, data, runs: Path, recipe: ModelRecipe) -> SensitivityScan:
@@ -384,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--networks", default="lenet300_100,lenet5")
-    parser.add_argument("--seed-check", type=int, default=2, help="extra training seeds for the pushed setting")
+    parser.add_argument("--seed-check", type=int, default=2,
+                        help="extra training seeds for every step that reaches the paper's rate")
     parser.add_argument("--reuse-figure6", action="store_true", help="keep Figure 6 from OUT.json instead of retraining it")
     parser.add_argument("--codec-only", action="store_true",
                         help="redo only the codec timings from the cached files of OUT.json's Han rows")
@@ -426,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     table1, ladders, init_rows, report = [], {}, [], {"networks": {}}
     han_paths = {}
     for name, recipe in recipes.items():
-        ref, rows, results, chosen, seed_rows = run_network(recipe, data, runs, args.seed, args.seed_check)
+        ref, rows, results, chosen, checks = run_network(recipe, data, runs, args.seed, args.seed_check)
         han = rows[0]
         seeds = SEEDS_TABLE_1.get(name)
         table1 += [
@@ -434,8 +452,13 @@ def main(argv: list[str] | None = None) -> int:
              "val_error_percent": ref["val_error_percent"], "bytes": ref["dense_bytes"], "rate": 1.0},
             {**han, "model": "compressed, Han's settings"},
         ]
-        if chosen is not None and chosen is not han:
-            table1.append({**chosen, "model": f"compressed, pushed ({chosen['model']})"})
+        closest = min(checks, key=lambda c: c["val_error_percent"], default=None)
+        if chosen is not None:
+            table1.append({"network": name, **chosen,
+                           "model": f"compressed, pushed ({chosen['model']}; mean of {chosen['seeds']} seeds)"})
+        elif closest is not None:
+            table1.append({"network": name, **closest, "model": f"compressed at the paper's rate, best on validation "
+                                                                 f"({closest['model']}; mean of {closest['seeds']} seeds)"})
         if seeds:
             table1 += [{"network": name, "model": "seeds (MNIST): reference", "test_error_percent": seeds["ref_error"],
                         "bytes": seeds["ref_kb"] * 1000, "rate": 1.0},
@@ -444,9 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         ladders[name] = rows
         han_result = results[0]
         plot_weight_histograms(han_result.histograms, out.parent / f"deep_compression_{name}_hist.png")
-        chosen_result = results[rows.index(chosen)] if chosen is not None else None
+        shown = chosen or closest
+        chosen_result = results[rows.index(shown["rows"][0])] if shown is not None else None
         report["networks"][name] = {
-            "reference": ref, "ladder": rows, "chosen": chosen, "seed_check": seed_rows, "han_layers": han_result.layers,
+            "reference": ref, "ladder": rows, "chosen": chosen, "seed_check": checks, "han_layers": han_result.layers,
             "chosen_layers": chosen_result.layers if chosen_result else None,
             "chosen_budget": budget_rows(byte_budget(chosen_result.stream_stats, chosen_result.compressed["bytes"]))
             if chosen_result else None}
@@ -469,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     report.update(table1=table1, init=init_rows, codec=codec_rows, data=data.describe(), machine=machine, seed=args.seed,
                   cpu_pressure_after_codec_timing=cpu_pressure_line(),
-                  command="python benchmarks/deep_compression.py" + (" --quick" if args.quick else ""))
+                  command=" ".join(["python benchmarks/deep_compression.py", *(sys.argv[1:] if argv is None else argv)]))
     write_json(f"{out}.json", report)
     write_markdown(report, out)
     return 0
@@ -492,11 +516,12 @@ def write_markdown(report: dict, out: Path) -> None:
           "bytes on disk for compressed models. Pruning is gradual (Zhu & Gupta's ramp over the first half of one "
           "retraining run) with distillation from the reference in retraining and centroid fine-tuning; each "
           "layer's sparsity mask is stored as relative indices or with the row x column context model, whichever "
-          "is smaller. Where the ladder says \"sensitivity allocation\", the kept weights are spread over the layers by "
+          "is smaller. Every step that reaches the paper's rate is repeated with more training seeds; the pushed "
+          "row is the highest-rate one whose *mean validation* error is within "
+          f"{ALLOWED_LOSS_PP} points of the reference's, and its mean test error is what the issue judges. "
+          "Where the ladder says \"sensitivity allocation\", the kept weights are spread over the layers by "
           "a scan of the reference on validation data (below) instead of Han's MNIST ratios. "
-          "The pushed row is the highest-rate step of the ladder whose *validation* error is within "
-          f"{ALLOWED_LOSS_PP} points of the reference's; its test error is then what the issue judges "
-          "(one test set's binomial noise is ~0.3 points here, so the seed check repeats it).", "",
+          "(One test set's binomial noise is ~0.3 points here and a training seed moves the error by ~0.1.)", "",
           markdown_table(report["table1"], ["network", "model", "test_error_percent", "val_error_percent", "bytes", "rate"],
                          ["Network", "Model", "Top-1 error (%)", "Val error (%)", "Size (bytes)", "Compress rate"])]
     for name, net in report["networks"].items():
@@ -515,11 +540,16 @@ def write_markdown(report: dict, out: Path) -> None:
                                    for r in net["ladder"]], ["model", *net["ladder"][0]["sparsity"]],
                                   ["Setting", *net["ladder"][0]["sparsity"]]), ""]
         if net.get("seed_check"):
-            rows = [r for r in net["ladder"] if r is not None and r["model"] == net["chosen"]["model"]] + net["seed_check"]
-            md += [f"### {name}: seed check of the pushed setting (training seeds; same data split and reference)", "",
-                   markdown_table(rows, ladder_columns, ladder_headers),
-                   f"Mean test error {np.mean([r['test_error_percent'] for r in rows]):.2f}%, "
-                   f"mean rate {np.mean([r['rate'] for r in rows]):.1f}x.", ""]
+            checks = net["seed_check"]
+            md += [f"### {name}: seed check of every step at the paper's rate (training seeds; same data split and "
+                   "reference)", "",
+                   markdown_table(checks, ["model", "seeds", "rate", "test_error_percent", "test_errors",
+                                           "val_error_percent", "within_budget_val", "within_budget_test"],
+                                  ["Setting", "Seeds", "Mean rate", "Mean test error (%)", "Test error per seed (%)",
+                                   "Mean val error (%)", f"Mean val within {ALLOWED_LOSS_PP} pt",
+                                   f"Mean test within {ALLOWED_LOSS_PP} pt"]),
+                   "Every run:", "",
+                   markdown_table([r for c in checks for r in c["rows"]], ladder_columns, ladder_headers), ""]
         if net.get("chosen_budget"):
             md += [f"### {name}: where the pushed file's bytes go", "",
                    markdown_table([{k: round(v) if isinstance(v, float) else v for k, v in row.items()}
