@@ -81,6 +81,11 @@ def test_codistillation_exchanges_predictions_and_brings_ranks_together(tmp_path
     assert pulled[0]["ckpt"] and pulled[1]["ckpt"]
 
 
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """A child's own error comes first in stderr, torchrun's summary of it last: show both."""
+    return done.stderr if len(done.stderr) < 6000 else f"{done.stderr[:3000]}\n...\n{done.stderr[-2000:]}"
+
+
 def test_cli_train_under_torchrun(tmp_path):
     """`torchrun --standalone --nproc-per-node 2 -m modelpress.cli train ...`: rank 0 writes one model file."""
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -90,7 +95,7 @@ def test_cli_train_under_torchrun(tmp_path):
                            "--model", "mlp:16", "--data", "digits", "--epochs", "1", "--limit", "300",
                            "--grad-compression", "terngrad", "--quiet", "-o", str(out), "--json"],
                           env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, _failure(done)
     assert done.stdout.count('"output"') == 1  # one report, from rank 0
     from modelpress.models import load_model
 
@@ -109,7 +114,7 @@ def test_a_recipe_runs_under_torchrun_unchanged(tmp_path):
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "modelpress.cli", "run",
                            str(recipe), "-o", str(tmp_path / "run"), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, _failure(done)
     import json
 
     stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
