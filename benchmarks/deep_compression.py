@@ -4,7 +4,7 @@ For LeNet-300-100 and LeNet-5: train the reference, prune with Han et al.'s per-
 (gradually, along Zhu & Gupta's ramp inside one retraining run, distilling from the reference),
 share weights by k-means (fine-tuning the centroids, distilling too), code into a .mpz file
 (Huffman/ANS streams; each layer's sparsity mask as relative indices or with the row x column
-context model, whichever is smaller), load the file back and measure it. Then push the rate (fewer
+context model, whichever is smaller; biases rounded to float16), load the file back and measure it. Then push the rate (fewer
 weights kept, fewer bits; for LeNet-5 the kept weights are spread over the layers by a sensitivity scan
 of the reference on validation data, since Han's MNIST ratios prune its conv layers too hard on
 Fashion-MNIST). Every step that reaches the paper's rate is repeated with more training seeds; the
@@ -44,6 +44,7 @@ from modelpress.encode.report import BUDGET_COLUMNS, BUDGET_HEADERS, budget_rows
 from modelpress.measure import count_params, evaluate_accuracy, markdown_table, write_json
 from modelpress.measure.plots import plot_accuracy_vs_rate, plot_weight_histograms
 from modelpress.models import build_model, load_model, save_model
+from modelpress.models.ensemble import EnsembleModel
 from modelpress.distill import DistillConfig
 from modelpress.pipeline import DeepCompressionConfig, deep_compress, prune_and_retrain
 from modelpress.prune import (PruneConfig, SensitivityScan, allocate_sparsity, layer_sensitivity, make_permanent_,
@@ -71,7 +72,9 @@ class ModelRecipe:
     retrain_epochs: int  # the one gradual-pruning run (sparsity ramps up over its first half)
     retrain_lr: float
     finetune_epochs: int
-    ladder: tuple  # the push: (share of Han's surviving weights kept, bits fc, bits conv)
+    # the push: (share of Han's surviving weights kept, bits fc, bits conv[, teachers]); ``teachers`` > 1
+    # distils retraining from the ensemble of the reference and teachers - 1 more trainings of it
+    ladder: tuple
     # the push spreads its weights by a sensitivity scan on validation data instead of Han's MNIST ratios
     allocate: bool = False
 
@@ -81,12 +84,13 @@ RECIPES = {
         "lenet300_100", TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4),
         {"net.1": 0.92, "net.3": 0.91, "net.5": 0.74}, bits_fc=6, bits_conv=8, index_bits_conv=8,
         retrain_epochs=30, retrain_lr=0.05, finetune_epochs=4,
-        ladder=((1.25, 4, 4), (1.0, 5, 5), (1.0, 4, 4), (1.0, 3, 3), (0.75, 4, 4))),
+        ladder=((1.25, 4, 4), (1.0, 5, 5), (1.0, 4, 4), (1.0, 3, 3), (0.75, 4, 4),
+                (1.0, 5, 5, 3), (1.0, 4, 4, 3), (0.75, 4, 4, 3))),
     "lenet5": ModelRecipe(
         "lenet5", TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4),
         {"features.0": 0.34, "features.3": 0.88, "classifier.1": 0.92, "classifier.3": 0.81}, bits_fc=5, bits_conv=8,
         index_bits_conv=5, retrain_epochs=20, retrain_lr=0.05, finetune_epochs=2,
-        ladder=((1.1, 4, 5), (1.0, 4, 5), (1.0, 3, 5)), allocate=True),
+        ladder=((1.1, 4, 5), (1.0, 4, 5), (1.0, 3, 5), (1.0, 4, 5, 3), (1.0, 3, 5, 3)), allocate=True),
 }
 ALLOWED_LOSS_PP = 0.1
 GRADUAL = 0.5  # sparsity ramps up over the first half of the retraining epochs
@@ -108,13 +112,13 @@ def scaled_sparsity(sparsity: dict, keep_scale: float) -> dict:
     return {name: max(0.0, 1 - (1 - s) * keep_scale) for name, s in sparsity.items()}
 
 
-def prune_stage(model, data, recipe: ModelRecipe, sparsity: dict, seed: int):
-    """Gradual pruning to Han's per-layer sparsities in one retraining run, distilling from the reference."""
+def prune_stage(model, data, recipe: ModelRecipe, sparsity: dict, seed: int, teachers: list):
+    """Gradual pruning to per-layer sparsities in one retraining run, distilling from ``teachers``."""
     config = DeepCompressionConfig(
         prune=PruneConfig(sparsity=0.0, layer_sparsity=sparsity), gradual=GRADUAL,
         prune_retrain=TrainConfig(epochs=recipe.retrain_epochs, lr=recipe.retrain_lr, weight_decay=1e-4, seed=seed),
         self_distill=SELF_DISTILL)
-    return prune_and_retrain(model, data, config)
+    return prune_and_retrain(model, data, config, teacher=teachers)
 
 
 def cached_model(path: Path, make):
@@ -126,15 +130,15 @@ def cached_model(path: Path, make):
     return model
 
 
-def compress_pruned(pruned_path: Path, reference, data, recipe: ModelRecipe, bits_fc: int, bits_conv: int, out: Path,
+def compress_pruned(pruned_path: Path, teachers, data, recipe: ModelRecipe, bits_fc: int, bits_conv: int, out: Path,
                     seed: int, init: str = "linear"):
     """Quantize + fine-tune + encode a cached pruned model; measured on the file read back."""
     config = DeepCompressionConfig(
         prune=None, prune_retrain=None,
         quantize=QuantizeConfig(bits_fc=bits_fc, bits_conv=bits_conv, init=init, seed=seed),
         quantize_retrain=TrainConfig(epochs=recipe.finetune_epochs, seed=seed, **FINETUNE),
-        index_bits_fc=5, index_bits_conv=recipe.index_bits_conv, self_distill=SELF_DISTILL)
-    return deep_compress(load_model(pruned_path), data, config, out, teacher=reference, progress=False)
+        index_bits_fc=5, index_bits_conv=recipe.index_bits_conv, self_distill=SELF_DISTILL, float16_raw=True)
+    return deep_compress(load_model(pruned_path), data, config, out, teacher=teachers, progress=False)
 
 
 def table1_row(name: str, recipe_name: str, result, data, ref_val_error: float) -> dict:
@@ -157,21 +161,24 @@ def pruned_model_path(runs: Path, recipe: ModelRecipe, tag: str) -> Path:
     return runs / f"{recipe.arch}-pruned-{tag}-gradual{recipe.retrain_epochs}-lr{recipe.retrain_lr:g}-kd.mpk"
 
 
-def compress_step(recipe: ModelRecipe, data, runs: Path, reference, keep_scale: float, bits_fc: int, bits_conv: int,
+def compress_step(recipe: ModelRecipe, data, runs: Path, teachers: list, keep_scale: float, bits_fc: int, bits_conv: int,
                   seed: int, name: str, ref_val_error: float, allocation: dict | None = None) -> tuple[dict, object]:
     """Prune (cached), share, fine-tune and encode one setting; the row of the file read back.
 
-    ``allocation``: per-layer sparsities to use instead of Han's scaled by ``keep_scale``."""
+    ``teachers``: the reference first, then any more trainings of it; retraining distils from their
+    ensemble. ``allocation``: per-layer sparsities to use instead of Han's scaled by ``keep_scale``."""
     sparsity = allocation if allocation is not None else scaled_sparsity(recipe.sparsity, keep_scale)
-    tag = ("alloc" if allocation is not None else "keep") + f"{keep_scale:g}" + (f"-seed{seed}" if seed else "")
+    tag = (("alloc" if allocation is not None else "keep") + f"{keep_scale:g}" + (f"-seed{seed}" if seed else "")
+           + (f"-ens{len(teachers)}" if len(teachers) > 1 else ""))
     pruned_path = pruned_model_path(runs, recipe, tag)
-    cached_model(pruned_path, lambda: prune_stage(load_model(runs / f"{recipe.arch}-ref.mpk"), data, recipe, sparsity, seed))
+    cached_model(pruned_path, lambda: prune_stage(load_model(runs / f"{recipe.arch}-ref.mpk"), data, recipe, sparsity,
+                                                  seed, teachers))
     started = time.perf_counter()
-    result = compress_pruned(pruned_path, reference, data, recipe, bits_fc, bits_conv,
+    result = compress_pruned(pruned_path, teachers, data, recipe, bits_fc, bits_conv,
                              runs / f"{recipe.arch}-{tag}-{bits_fc}-{bits_conv}.mpz", seed)
     row = table1_row(name, recipe.arch, result, data, ref_val_error)
     row.update(bits_fc=bits_fc, bits_conv=bits_conv, keep_scale=keep_scale, seed=seed, sparsity=sparsity,
-               allocated=allocation is not None, seconds=time.perf_counter() - started)
+               allocated=allocation is not None, teachers=len(teachers), seconds=time.perf_counter() - started)
     return row, result
 
 
@@ -199,12 +206,28 @@ def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, seed_check: in
     def allocation(keep_scale: float) -> dict | None:
         return allocate_sparsity(scan, round(keep_scale * han_kept)) if scan is not None else None
 
+    ensemble_size = max((step[3] if len(step) > 3 else 1) for step in recipe.ladder)
+    teachers = [reference] + [cached_model(runs / f"{recipe.arch}-ref-seed{s}.mpk",
+                                           lambda s=s: _train_reference(recipe, data, s))
+                              for s in range(seed + 1, seed + ensemble_size)]
+    if len(teachers) > 1:  # what the ensemble teaching the pushed students is made of
+        ref["teachers"] = [{"model": f"reference, training seed {seed + i}" if i else "reference",
+                            "test_error_percent": error_percent(t, data.x_test, data.y_test),
+                            "val_error_percent": error_percent(t, data.x_val, data.y_val)} for i, t in enumerate(teachers)]
+        ensemble = EnsembleModel(teachers).eval()
+        ref["teachers"].append({"model": f"ensemble of the {len(teachers)}",
+                                "test_error_percent": error_percent(ensemble, data.x_test, data.y_test),
+                                "val_error_percent": error_percent(ensemble, data.x_val, data.y_val)})
+
     rows, results = [], []
-    for step, (keep_scale, bits_fc, bits_conv) in enumerate([(1.0, recipe.bits_fc, recipe.bits_conv), *recipe.ladder]):
+    for step, (keep_scale, bits_fc, bits_conv, *more) in enumerate([(1.0, recipe.bits_fc, recipe.bits_conv),
+                                                                     *recipe.ladder]):
+        taught_by = teachers[:more[0] if more else 1]
         spread = "sensitivity allocation of " if scan is not None and step else ""
         name = (f"Han's settings ({bits_fc}/{bits_conv} bits)" if step == 0
-                else f"{spread}{keep_scale:g}x Han's kept weights, {bits_fc}/{bits_conv} bits")
-        row, result = compress_step(recipe, data, runs, reference, keep_scale, bits_fc, bits_conv, seed, name,
+                else f"{spread}{keep_scale:g}x Han's kept weights, {bits_fc}/{bits_conv} bits"
+                + (f", taught by {len(taught_by)} references" if len(taught_by) > 1 else ""))
+        row, result = compress_step(recipe, data, runs, taught_by, keep_scale, bits_fc, bits_conv, seed, name,
                                     ref["val_error_percent"], allocation(keep_scale) if step else None)
         rows.append(judged(row))
         results.append(result)
@@ -217,14 +240,13 @@ def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, seed_check: in
     for first in (r for r in rows if r["rate"] >= paper_rate):
         repeats = [first]
         for extra_seed in range(seed + 1, seed + 1 + seed_check):
-            row, _ = compress_step(recipe, data, runs, reference, first["keep_scale"], first["bits_fc"],
+            row, _ = compress_step(recipe, data, runs, teachers[:first["teachers"]], first["keep_scale"], first["bits_fc"],
                                    first["bits_conv"], extra_seed, f"{first['model']}, seed {extra_seed}",
                                    ref["val_error_percent"], first["sparsity"] if first["allocated"] else None)
             repeats.append(judged(row))
         checks.append(seed_summary(first["model"], repeats, ref))
-    chosen = max((c for c in checks if c["within_budget_val"]), key=lambda c: c["rate"], default=None)
     ref["scan"] = scan.rows() if scan is not None else None
-    return ref, rows, results, chosen, checks
+    return ref, rows, results, checks
 
 
 def seed_summary(setting: str, repeats: list[dict], ref: dict) -> dict:
@@ -232,7 +254,7 @@ def seed_summary(setting: str, repeats: list[dict], ref: dict) -> dict:
     mean = {key: float(np.mean([r[key] for r in repeats])) for key in ("test_error_percent", "val_error_percent", "rate",
                                                                         "bytes", "kept_percent")}
     mean["bytes"] = round(mean["bytes"])
-    return {"model": setting, **mean, "seeds": len(repeats), "rows": repeats,
+    return {"model": setting, **mean, "seeds": len(repeats), "rows": repeats, "teachers": repeats[0]["teachers"],
             "test_errors": " / ".join(f"{r['test_error_percent']:.2f}" for r in repeats),
             "within_budget_val": mean["val_error_percent"] <= ref["val_error_percent"] + ALLOWED_LOSS_PP + 1e-6,
             "within_budget_test": mean["test_error_percent"] <= ref["test_error_percent"] + ALLOWED_LOSS_PP + 1e-6}
@@ -430,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {name: RECIPES[name] for name in args.networks.split(",")}
     if args.quick:
         recipes = {n: replace(r, reference=replace(r.reference, epochs=2), retrain_epochs=1, finetune_epochs=1,
-                              ladder=r.ladder[:2]) for n, r in recipes.items()}
+                              ladder=(r.ladder[0], *[step for step in r.ladder if len(step) > 3][:1]))
+                   for n, r in recipes.items()}
 
     if args.codec_only:
         report = json.loads(Path(f"{out}.json").read_text())
@@ -444,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     table1, ladders, init_rows, report = [], {}, [], {"networks": {}}
     han_paths = {}
     for name, recipe in recipes.items():
-        ref, rows, results, chosen, checks = run_network(recipe, data, runs, args.seed, args.seed_check)
+        ref, rows, results, checks = run_network(recipe, data, runs, args.seed, args.seed_check)
         han = rows[0]
         seeds = SEEDS_TABLE_1.get(name)
         table1 += [
@@ -452,13 +475,18 @@ def main(argv: list[str] | None = None) -> int:
              "val_error_percent": ref["val_error_percent"], "bytes": ref["dense_bytes"], "rate": 1.0},
             {**han, "model": "compressed, Han's settings"},
         ]
-        closest = min(checks, key=lambda c: c["val_error_percent"], default=None)
-        if chosen is not None:
-            table1.append({"network": name, **chosen,
-                           "model": f"compressed, pushed ({chosen['model']}; mean of {chosen['seeds']} seeds)"})
-        elif closest is not None:
-            table1.append({"network": name, **closest, "model": f"compressed at the paper's rate, best on validation "
-                                                                 f"({closest['model']}; mean of {closest['seeds']} seeds)"})
+        picks = []  # one per teacher: the reference alone, and the ensemble of its trainings
+        for teachers in sorted({c["teachers"] for c in checks}):
+            group = [c for c in checks if c["teachers"] == teachers]
+            chosen = max((c for c in group if c["within_budget_val"]), key=lambda c: c["rate"], default=None)
+            shown = chosen or min(group, key=lambda c: c["val_error_percent"])
+            how = "pushed" if chosen else "at the paper's rate, best on validation"
+            table1.append({"network": name, **shown,
+                           "model": f"compressed, {how} ({shown['model']}; mean of {shown['seeds']} seeds)"})
+            result = results[rows.index(shown["rows"][0])]
+            picks.append({"model": shown["model"], "teachers": teachers, "within_budget_val": chosen is not None,
+                          "layers": result.layers,
+                          "budget": budget_rows(byte_budget(result.stream_stats, result.compressed["bytes"]))})
         if seeds:
             table1 += [{"network": name, "model": "seeds (MNIST): reference", "test_error_percent": seeds["ref_error"],
                         "bytes": seeds["ref_kb"] * 1000, "rate": 1.0},
@@ -467,13 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         ladders[name] = rows
         han_result = results[0]
         plot_weight_histograms(han_result.histograms, out.parent / f"deep_compression_{name}_hist.png")
-        shown = chosen or closest
-        chosen_result = results[rows.index(shown["rows"][0])] if shown is not None else None
-        report["networks"][name] = {
-            "reference": ref, "ladder": rows, "chosen": chosen, "seed_check": checks, "han_layers": han_result.layers,
-            "chosen_layers": chosen_result.layers if chosen_result else None,
-            "chosen_budget": budget_rows(byte_budget(chosen_result.stream_stats, chosen_result.compressed["bytes"]))
-            if chosen_result else None}
+        report["networks"][name] = {"reference": ref, "ladder": rows, "picks": picks, "seed_check": checks,
+                                    "han_layers": han_result.layers}
         log("init comparison")
         init_rows += init_comparison(data, runs, recipe, args.seed, [2, 3] if args.quick else [2, 3, 4], 1)
         han_paths[name] = han_result.path
@@ -516,7 +539,8 @@ def write_markdown(report: dict, out: Path) -> None:
           "bytes on disk for compressed models. Pruning is gradual (Zhu & Gupta's ramp over the first half of one "
           "retraining run) with distillation from the reference in retraining and centroid fine-tuning; each "
           "layer's sparsity mask is stored as relative indices or with the row x column context model, whichever "
-          "is smaller. Every step that reaches the paper's rate is repeated with more training seeds; the pushed "
+          "is smaller; biases are rounded to float16 after fine-tuning and stored in 2 bytes each. Every step that reaches the paper's rate is repeated with more training seeds; for each "
+          "teacher (the reference alone; the ensemble of the reference and two more trainings of it) the pushed "
           "row is the highest-rate one whose *mean validation* error is within "
           f"{ALLOWED_LOSS_PP} points of the reference's, and its mean test error is what the issue judges. "
           "Where the ladder says \"sensitivity allocation\", the kept weights are spread over the layers by "
@@ -528,6 +552,12 @@ def write_markdown(report: dict, out: Path) -> None:
         md += [f"## {name}: the push", "", markdown_table(net["ladder"], ladder_columns, ladder_headers),
                f"Reference: test error {net['reference']['test_error_percent']:.2f}%, "
                f"val error {net['reference']['val_error_percent']:.2f}%.", ""]
+        if net["reference"].get("teachers"):
+            md += ["Steps \"taught by N references\" distil from the ensemble (averaged probabilities) of the reference "
+                   "and N - 1 more trainings of it (same architecture, data and recipe; other seeds); the students start "
+                   "from the reference's weights and are judged against the reference alone:", "",
+                   markdown_table(net["reference"]["teachers"], ["model", "test_error_percent", "val_error_percent"],
+                                  ["Teacher", "Test error (%)", "Val error (%)"]), ""]
         if net["reference"].get("scan"):
             shown = ["0.5", "0.7", "0.8", "0.85", "0.9", "0.92", "0.94", "0.96", "0.98"]
             md += [f"### {name}: sensitivity scan (validation error % with one layer pruned alone, no retraining)", "",
@@ -550,10 +580,10 @@ def write_markdown(report: dict, out: Path) -> None:
                                    f"Mean test within {ALLOWED_LOSS_PP} pt"]),
                    "Every run:", "",
                    markdown_table([r for c in checks for r in c["rows"]], ladder_columns, ladder_headers), ""]
-        if net.get("chosen_budget"):
-            md += [f"### {name}: where the pushed file's bytes go", "",
+        for pick in net.get("picks", []):
+            md += [f"### {name}: where the bytes go ({pick['model']})", "",
                    markdown_table([{k: round(v) if isinstance(v, float) else v for k, v in row.items()}
-                                   for row in net["chosen_budget"]], BUDGET_COLUMNS, BUDGET_HEADERS),
+                                   for row in pick["budget"]], BUDGET_COLUMNS, BUDGET_HEADERS),
                    "Indices: as written (relative indices or context-coded mask per layer), all relative indices "
                    "Huffman / ANS, and the floor of the coder as written (for a mask: its bits' ideal code length "
                    "under the context model, counts excluded).", ""]

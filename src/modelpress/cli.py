@@ -216,11 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-context-masks", action="store_true",
                    help="store every sparsity pattern as relative indices (readable by older modelpress), not the "
                         "context-coded mask where that is smaller")
+    g.add_argument("--float16-raw", action="store_true",
+                   help="round biases and other tensors stored raw to float16 values after fine-tuning: half their bytes")
     g = p.add_argument_group("retraining against the uncompressed model (beyond the paper)")
     g.add_argument("--self-distill", action="store_true",
                    help="retrain and fine-tune with the uncompressed model's soft targets as well as the labels")
     g.add_argument("--temperature", type=float, default=2.0, help="with --self-distill (default 2)")
     g.add_argument("--alpha", type=float, default=0.9, help="with --self-distill: weight of the soft targets (default 0.9)")
+    g.add_argument("--teacher", action="append", default=[], metavar="MODEL",
+                   help="with --self-distill: also learn from this trained model (repeat for several); the soft targets "
+                        "are those of the ensemble of MODEL and these, e.g. other trainings of it")
     _add_data_args(p)
     p.add_argument("--quiet", action="store_true")
     _add_output_args(p)

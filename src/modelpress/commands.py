@@ -147,6 +147,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     """``modelpress compress``: the three Deep Compression stages, the file, and its report."""
     if args.quality is not None and args.criterion != "magnitude":
         raise ConfigError(f"--criterion {args.criterion} goes with --sparsity; --quality is Han's threshold criterion")
+    if args.teacher and not args.self_distill:
+        raise ConfigError("--teacher adds to the soft targets of --self-distill; give --self-distill too")
     if args.quality is not None:
         prune = PruneConfig(criterion="threshold", quality=args.quality)
     elif args.criterion == "sensitivity":  # the per-layer targets need the model and data: set below
@@ -164,12 +166,17 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                           if args.finetune_epochs else None),
         index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
         self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
-        gradual=args.gradual, context_masks=not args.no_context_masks,
+        gradual=args.gradual, context_masks=not args.no_context_masks, float16_raw=args.float16_raw,
     )
     # the whole config is checked above, before the model and data are read or any training starts
     loaded = read_model_file(args.model)
     splits = load_data_from_args(args)
     check_model_fits_data(loaded.spec, splits, str(args.model))
+    teachers = []
+    for path in args.teacher:
+        teacher = read_model_file(path)
+        check_model_fits_data(teacher.spec, splits, f"teacher {path}")
+        teachers.append(teacher.model)
     _say(args, f"data: {splits.describe()}")
     allocation = None
     if args.criterion == "sensitivity":
@@ -177,7 +184,9 @@ def cmd_compress(args: argparse.Namespace) -> dict:
         config = replace(config, prune=PruneConfig(sparsity=0.0, layer_sparsity=allocation))
         _say(args, "sensitivity allocation: " + ", ".join(f"{name} {s:.2f}" for name, s in allocation.items()))
     seed_everything(args.seed)
-    result = deep_compress(loaded.model, splits, config, args.output, progress=_progress(args))
+    # the uncompressed model teaches, with the other teachers as an ensemble (deep_compress copies them all before pruning)
+    teacher = [loaded.model, *teachers] if teachers else None
+    result = deep_compress(loaded.model, splits, config, args.output, teacher=teacher, progress=_progress(args))
     report = write_compression_report(result, Path(args.output), title=f"{loaded.spec.arch} on {splits.name}")
     _say(args, report)
     summary = result.summary_rows()

@@ -244,11 +244,37 @@ def test_compress_gradually_and_without_context_masks(tiny_mnist_dir, tmp_path, 
               "--finetune-epochs", "0", "--batch-size", "64", "--quiet", "--json"]
     gradual = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "-o", str(tmp_path / "g.mpz")])
     assert gradual["rate"] > 5
+    half = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "--float16-raw",
+                             "-o", str(tmp_path / "h.mpz")])
+    assert gradual["bytes"] - half["bytes"] >= 2 * (64 + 32 + 10) - 16  # the biases in 2 bytes instead of 4
     run_json(capsys, ["compress", str(model), *common, "--no-context-masks", "-o", str(tmp_path / "plain.mpz")])
     _, version, _, _ = _HEADER.unpack_from((tmp_path / "plain.mpz").read_bytes())
     assert version == 1  # no context-coded masks: the first format, readable by older modelpress
     assert "gradual" in one_error_line(capsys, ["compress", str(model), *common, "--gradual", "1.5",
                                                 "-o", str(tmp_path / "x.mpz")])
+
+
+def test_compress_learns_from_an_ensemble_of_teachers(tiny_mnist_dir, tmp_path, capsys):
+    data = str(tiny_mnist_dir)
+    model, other = tmp_path / "m.mpk", tmp_path / "other.mpk"
+    for path, seed in ((model, "0"), (other, "1")):
+        run_json(capsys, ["train", "--model", "mlp:64-32", "--data", data, "--val-size", "50", *FAST, "--seed", seed,
+                          "-o", str(path), "--json"])
+    # gradual pruning: the unretrained pruned weights are no candidate for the best epoch, so the teachers show
+    common = ["--data", data, "--val-size", "50", "--sparsity", "0.8", "--bits", "fc=4", "--retrain-epochs", "2",
+              "--gradual", "0.5", "--finetune-epochs", "0", "--batch-size", "64", "--quiet", "--json"]
+    alone = run_json(capsys, ["compress", str(model), *common, "--self-distill", "-o", str(tmp_path / "a.mpz")])
+    taught = run_json(capsys, ["compress", str(model), *common, "--self-distill", "--teacher", str(other),
+                               "-o", str(tmp_path / "t.mpz")])
+    assert taught["rate"] > 5 and (tmp_path / "a.mpz").read_bytes() != (tmp_path / "t.mpz").read_bytes()
+    assert alone["reference_error_percent"] == taught["reference_error_percent"]  # judged against MODEL alone
+    assert "give --self-distill too" in one_error_line(
+        capsys, ["compress", str(model), *common, "--teacher", str(other), "-o", str(tmp_path / "x.mpz")])
+    wrong = tmp_path / "wrong.mpk"
+    save_model(build_model("mlp:8", (1, 28, 28), 3), wrong)
+    line = one_error_line(capsys, ["compress", str(model), *common, "--self-distill", "--teacher", str(wrong),
+                                   "-o", str(tmp_path / "x.mpz")])
+    assert "class-count mismatch" in line and "wrong.mpk" in line
 
 
 def test_compress_spreads_the_kept_weights_by_a_sensitivity_scan(tiny_mnist_dir, tmp_path, capsys):

@@ -48,6 +48,8 @@ def _entry(rank: int, world: int, port: int, fn, folder: str, args, gpus: bool) 
     torch.set_num_threads(1)
     if gpus:
         torch.cuda.set_device(rank)
+    else:  # the CPU test stays on the CPU on a GPU machine too
+        os.environ["MODELPRESS_DEVICE"] = "cpu"
     dist.init_process_group("cpu:gloo,cuda:nccl" if gpus else "gloo", init_method=f"tcp://127.0.0.1:{port}",
                             rank=rank, world_size=world)
     try:

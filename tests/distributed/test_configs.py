@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from modelpress.core.errors import ConfigError
 from modelpress.distributed import DataParallel, init_distributed, is_main_process
@@ -54,3 +55,42 @@ def test_world_size_without_torchrun_variables_is_named(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
         init_distributed()
+
+
+class _Joined(Exception):
+    """Raised by a stand-in for init_process_group: the backend chosen, without a rendezvous."""
+
+
+@pytest.mark.parametrize("gpus, device_env, expected", [
+    (0, None, "gloo"),
+    (2, None, "cpu:gloo,cuda:nccl"),  # a GPU per local rank: NCCL for CUDA tensors, rank r on GPU r
+    (2, "cpu", "gloo"),  # asked to train on the CPU of a GPU machine
+    (1, None, "2 processes on this machine but it has 1 GPU"),
+])
+def test_torchrun_ranks_get_a_gpu_each_or_gloo(monkeypatch, gpus, device_env, expected):
+    import torch.distributed as dist
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    if device_env is None:
+        monkeypatch.delenv("MODELPRESS_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("MODELPRESS_DEVICE", device_env)
+    chosen_gpu = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen_gpu.append)
+
+    def joined(backend):
+        raise _Joined(backend)
+
+    monkeypatch.setattr(dist, "init_process_group", joined)
+    if expected.startswith("2 processes"):
+        with pytest.raises(ConfigError, match=expected):
+            init_distributed()
+        return
+    with pytest.raises(_Joined) as backend:
+        init_distributed()
+    assert str(backend.value) == expected
+    assert chosen_gpu == ([1] if "nccl" in expected else [])

@@ -90,7 +90,7 @@ def test_cli_train_under_torchrun(tmp_path):
     """`torchrun --standalone --nproc-per-node 2 -m modelpress.cli train ...`: rank 0 writes one model file."""
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "m.mpk"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MODELPRESS_DEVICE": "cpu"}  # gloo on CPU
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "modelpress.cli", "train",
                            "--model", "mlp:16", "--data", "digits", "--epochs", "1", "--limit", "300",
                            "--grad-compression", "terngrad", "--quiet", "-o", str(out), "--json"],
@@ -110,7 +110,7 @@ def test_a_recipe_runs_under_torchrun_unchanged(tmp_path):
                       "  - {kind: train, name: base, model: 'mlp:32', epochs: 1, lr: 0.05, grad_compression: terngrad}\n"
                       "  - {kind: distill, name: student, teacher: base, method: hinton, student: 'mlp:16', epochs: 1}\n")
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MODELPRESS_DEVICE": "cpu"}  # gloo on CPU
     done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "modelpress.cli", "run",
                            str(recipe), "-o", str(tmp_path / "run"), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=240)

@@ -45,6 +45,39 @@ def test_plain_models_round_trip_too(tmp_path):
     assert torch.equal(model.eval()(x), loaded(x))
 
 
+def test_float16_exact_tensors_take_half_the_bytes_and_load_back_bit_identical(tmp_path):
+    from modelpress.encode import round_raw_to_float16_
+    from modelpress.encode.container import _decode_tensor
+
+    model = _compressed_model()
+    save_compressed(model, tmp_path / "fp32.mpz")
+    weights = {name: m.weight_centroids.clone() for name, m in model.named_modules() if hasattr(m, "weight_centroids")}
+    round_raw_to_float16_(model)
+    for name, centroids in weights.items():  # the shared weights are the codebook's business, not rounded
+        assert torch.equal(model.get_submodule(name).weight_centroids, centroids)
+    save_compressed(model, tmp_path / "fp16.mpz", float16_raw=True)
+    biases = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert (tmp_path / "fp32.mpz").stat().st_size - (tmp_path / "fp16.mpz").stat().st_size >= 2 * biases - 16
+    manifest, _ = read_manifest(tmp_path / "fp16.mpz")
+    assert {e["dtype"] for e in manifest["tensors"] if e["kind"] == "raw"} == {"float16"}
+    loaded, _, _ = load_compressed(tmp_path / "fp16.mpz")
+    finalize_(model)
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == loaded.state_dict()[name].dtype == torch.float32
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+    # a value float16 cannot hold stays float32; a bad restore type is refused
+    plain = build_model("mlp:4", (3,), 2)
+    with torch.no_grad():
+        plain.net[1].bias.copy_(torch.tensor([0.1, 0.5, 1e-9, 70000.0]))
+    save_compressed(plain, tmp_path / "plain.mpz", float16_raw=True)
+    dtypes = {e["name"]: e["dtype"] for e in read_manifest(tmp_path / "plain.mpz")[0]["tensors"]}
+    assert dtypes["net.1.bias"] == "float32"
+    entry = {"kind": "raw", "dtype": "float16", "restore": "int64", "shape": [1]}
+    with pytest.raises(ModelFileError, match="cannot restore float16 values as 'int64'"):
+        _decode_tensor(entry, b"\x00\x3c")
+
+
 def test_truncated_corrupt_foreign_and_future_files_are_rejected(tmp_path):
     path = tmp_path / "m.mpz"
     save_compressed(_compressed_model(), path)

@@ -1,5 +1,7 @@
 """Deep Compression end to end on tiny data: the file on disk is what the result reports."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -14,10 +16,10 @@ from modelpress.quantize import QuantizeConfig
 from modelpress.train import TrainConfig, train
 
 
-def trained_mlp(splits):
-    torch.manual_seed(0)
+def trained_mlp(splits, seed=0):
+    torch.manual_seed(seed)
     model = build_model("mlp:64-32", splits.input_shape, splits.num_classes)
-    train(model, splits, TrainConfig(epochs=4, batch_size=32, lr=0.05, seed=0), progress=False)
+    train(model, splits, TrainConfig(epochs=4, batch_size=32, lr=0.05, seed=seed), progress=False)
     return model
 
 
@@ -78,6 +80,47 @@ def test_self_distillation_learns_from_the_uncompressed_model(tiny_splits, tmp_p
     assert result.compressed["accuracy"] > 0.8
     agreement = (result.loaded_model(tiny_splits.x_test).argmax(1) == reference_logits.argmax(1)).float().mean()
     assert agreement > 0.9
+
+
+def test_an_ensemble_of_trainings_teaches_the_retraining(tiny_splits):
+    import copy
+
+    from modelpress.distill import DistillationObjective
+    from modelpress.distill.teachers import EnsembleTeacher
+    from modelpress.pipeline import prune_and_retrain
+
+    model, other = trained_mlp(tiny_splits), trained_mlp(tiny_splits, seed=1)
+    config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.7),
+                                   prune_retrain=TrainConfig(epochs=1, batch_size=32, lr=0.01, seed=0, restore_best=False),
+                                   self_distill=DistillConfig(temperature=2.0, alpha=1.0))
+    before = [copy.deepcopy(model), copy.deepcopy(other)]
+    alone = prune_and_retrain(copy.deepcopy(model), tiny_splits, config)
+    # the model being pruned is itself a member: its copy is taken before pruning starts
+    taught = prune_and_retrain(model, tiny_splits, config, teacher=[model, other])
+    by_hand = prune_and_retrain(copy.deepcopy(before[0]), tiny_splits, config,
+                                objective=DistillationObjective(EnsembleTeacher(before), config.self_distill))
+    for name, value in taught.state_dict().items():
+        assert torch.equal(value, by_hand.state_dict()[name]), name
+    assert not all(torch.equal(v, alone.state_dict()[k]) for k, v in taught.state_dict().items())
+    assert all(torch.equal(v, before[1].state_dict()[k]) for k, v in other.state_dict().items())  # teachers untouched
+    with pytest.raises(ConfigError, match="teacher ensemble is empty"):
+        prune_and_retrain(other, tiny_splits, config, teacher=[])
+
+
+def test_float16_raw_halves_the_biases_and_the_file_holds_the_rounded_model(tiny_splits, tmp_path):
+    import copy
+
+    model = trained_mlp(tiny_splits)
+    config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.8), prune_retrain=None, quantize_retrain=None)
+    full = deep_compress(copy.deepcopy(model), tiny_splits, config, tmp_path / "fp32.mpz", progress=False)
+    half = deep_compress(model, tiny_splits, replace(config, float16_raw=True), tmp_path / "fp16.mpz", progress=False)
+    biases = 64 + 32 + tiny_splits.num_classes
+    assert full.compressed["bytes"] - half.compressed["bytes"] >= 2 * biases - 16
+    for name, tensor in half.loaded_model.state_dict().items():
+        if name.endswith("bias"):
+            assert torch.equal(tensor, tensor.half().float()), name
+            assert not torch.equal(tensor, full.loaded_model.state_dict()[name]), name
+    assert abs(half.compressed["accuracy"] - full.compressed["accuracy"]) < 0.02
 
 
 def test_bad_index_bits_are_refused_before_any_training():

@@ -2,8 +2,9 @@
 
 ``torchrun --nproc-per-node N`` starts N copies of a program with ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set. :func:`init_distributed` joins the process
-group they describe (gloo on CPU; gloo for CPU tensors and NCCL for CUDA tensors when a GPU is
-present), or adopts one the caller already initialised (tests spawn their own processes).
+group they describe (gloo on CPU; gloo for CPU tensors and NCCL for CUDA tensors when there is a GPU
+for every local rank and ``$MODELPRESS_DEVICE`` does not ask for the CPU), or adopts one the caller
+already initialised (tests spawn their own processes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from modelpress.core.device import DEVICE_ENV, cpu_requested
 from modelpress.core.errors import ConfigError
 
 _TORCHRUN_VARS = ("RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -58,7 +60,8 @@ def init_distributed() -> DistContext | None:
         caller, or here from torchrun's environment variables), else ``None``.
 
     Raises:
-        ConfigError: ``WORLD_SIZE`` > 1 but the other variables torchrun sets are missing.
+        ConfigError: ``WORLD_SIZE`` > 1 but the other variables torchrun sets are missing, or more
+            processes on this machine than GPUs (NCCL needs one each) without ``$MODELPRESS_DEVICE=cpu``.
     """
     if not dist.is_available():
         return None
@@ -70,8 +73,12 @@ def init_distributed() -> DistContext | None:
             raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: "
                               "launch with torchrun --standalone --nproc-per-node N ...")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        if torch.cuda.is_available() and not cpu_requested():
+            local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+            if local_world > gpus:  # NCCL refuses two ranks on one GPU, and only after every rank has waited
+                raise ConfigError(f"torchrun started {local_world} processes on this machine but it has {gpus} GPU(s); "
+                                  f"use --nproc-per-node {gpus}, or set {DEVICE_ENV}=cpu to train on the CPU")
+            torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl"  # the loop keeps CPU tensors on gloo; a CUDA model uses NCCL
         else:
             backend = "gloo"

@@ -11,7 +11,8 @@ The trailing SHA-256 covers every byte before it. The manifest holds the archite
 tensor, its shape, how it is stored, where its bytes are in the payload and their CRC-32. A weight
 with few distinct values (pruned and/or weight-shared) is stored as a codebook of float32 centroids
 plus cluster labels in the relative-index sparse format, each stream Huffman- or ANS-coded, whichever
-is smaller; every other tensor is stored raw. Loading rebuilds the module with bit-identical weights.
+is smaller; every other tensor is stored raw (on request a float32 tensor in float16 where that is
+exact, as after :func:`round_raw_to_float16_`). Loading rebuilds the module with bit-identical weights.
 
 A binary or ternary layer with one scale per layer is such a weight (2 or 3 values: about 1 and
 ``H(p0, p-, p+)`` <= 1.58 bits per weight). One whose scale is per output channel (XNOR-Net's
@@ -141,8 +142,36 @@ def _encode_shared(weight: torch.Tensor, index_bits: int,
     return min(candidates, key=lambda c: sum(len(part) for part in c[1]), default=None)
 
 
+def _encode_raw(tensor: torch.Tensor, float16: bool) -> tuple[dict, list[bytes]]:
+    """A tensor stored as it is; with ``float16``, a float32 one whose every value float16 holds exactly
+    (e.g. biases rounded by :func:`round_raw_to_float16_`) in half the bytes, read back to the same
+    float32 bits. A reader that ignores ``restore`` still loads the same values: ``load_state_dict``
+    casts them."""
+    tensor = tensor.detach().contiguous().cpu()
+    if float16 and tensor.dtype == torch.float32 and tensor.numel():
+        half = tensor.to(torch.float16)
+        if torch.equal(half.float(), tensor):
+            return {"kind": "raw", "dtype": "float16", "restore": "float32"}, [half.numpy().tobytes()]
+    return {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, [tensor.numpy().tobytes()]
+
+
+def round_raw_to_float16_(model: nn.Module) -> nn.Module:
+    """Round, in place, every float32 tensor the file would store raw (biases, normalisation
+    parameters and buffers, layers left dense) to the nearest float16 value, so that it is stored in
+    half the bytes. Prunable layers' weights (masked or shared) are left alone. Returns ``model``."""
+    coded = {f"{name}.weight" for name in prunable_layers(model)}
+    with torch.no_grad():
+        for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            owner, _, attr = key.rpartition(".")
+            if (f"{owner}.weight" in coded and attr.startswith("weight")) or tensor.dtype != torch.float32:
+                continue
+            tensor.copy_(tensor.to(torch.float16).float())
+    return model
+
+
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits_fc: int = 5, index_bits_conv: int = 8,
-                    spec: ModelSpec | None = None, extra: dict | None = None, context_masks: bool = True) -> dict:
+                    spec: ModelSpec | None = None, extra: dict | None = None, context_masks: bool = True,
+                    float16_raw: bool = False) -> dict:
     """Write ``model`` (pruned and/or weight-shared, binary/ternary, or plain) as a compressed file, atomically.
 
     Args:
@@ -151,6 +180,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
         index_bits_conv: the same for convolutions (the paper: 8).
         context_masks: let a weight of 2 or more dimensions use the context-coded mask layout where
             that is smaller (a version-3 file); False writes only the layouts version 1/2 readers know.
+        float16_raw: store each float32 tensor kept raw (biases, ...) in float16 where that is exact,
+            as after :func:`round_raw_to_float16_`; off, the file is byte for byte what it always was.
 
     Returns:
         Per-tensor stats: ``{name: {"kind", "bytes", "streams": [StreamInfo...]}}``.
@@ -164,8 +195,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
     for name, tensor in _effective_state(model).items():
         encoded = _encode_shared(tensor, index_bits[name], context_masks) if name in index_bits else None
         if encoded is None:
-            parts = [tensor.detach().contiguous().cpu().numpy().tobytes()]
-            meta, infos = {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, []
+            meta, parts, infos = *_encode_raw(tensor, float16_raw), []
         else:
             meta, parts, infos = encoded
         blob = b"".join(parts)
@@ -225,7 +255,10 @@ def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
         tensor = torch.frombuffer(bytearray(blob), dtype=dtype) if blob else torch.zeros(0, dtype=dtype)
         if tensor.numel() != numel:
             raise ModelFileError(f"holds {tensor.numel()} values, its shape needs {numel}")
-        return tensor.reshape(shape).clone()
+        restore = entry.get("restore", entry["dtype"])
+        if restore not in (entry["dtype"], "float32"):
+            raise ModelFileError(f"cannot restore {entry['dtype']} values as {restore!r}")
+        return tensor.reshape(shape).to(getattr(torch, restore)).clone()
     if entry["kind"] != "shared":
         raise ModelFileError(f"unknown tensor kind {entry['kind']!r}")
     sizes = [int(s) for s in entry["parts"]]

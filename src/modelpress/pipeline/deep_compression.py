@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from modelpress.data.base import DataSplits
 from modelpress.distill import DistillConfig
 from modelpress.distill.core import DistillationObjective
 from modelpress.distill.teachers import as_teacher
-from modelpress.encode import load_compressed, read_manifest, save_compressed
+from modelpress.encode import load_compressed, read_manifest, round_raw_to_float16_, save_compressed
 from modelpress.encode.report import layer_rows
 from modelpress.encode.sparse import check_index_bits
 from modelpress.measure import count_params, evaluate_accuracy, file_bytes
@@ -57,6 +58,9 @@ class DeepCompressionConfig:
             sparsities (``benchmarks/deep_compression.py``).
         context_masks: let the file code a layer's sparsity mask with the row x column context model
             where that is smaller than relative indices (a version-3 file; ``encode/mask.py``).
+        float16_raw: after fine-tuning, round what the file stores raw (biases, normalisation, layers
+            left dense) to float16 values, which the file then holds in 2 bytes each instead of 4.
+            The accuracy reported is the rounded model's, as always measured on the file.
     """
 
     prune: PruneConfig | None = PruneConfig(sparsity=0.9)
@@ -69,6 +73,7 @@ class DeepCompressionConfig:
     index_bits_conv: int = 8
     gradual: float | None = None
     context_masks: bool = True
+    float16_raw: bool = False
 
     def __post_init__(self) -> None:
         if self.prune_steps < 1:
@@ -107,17 +112,28 @@ class CompressionResult:
         ]
 
 
-def _objective(teacher: nn.Module, config: DeepCompressionConfig) -> Objective:
-    """Cross-entropy, or distillation from a frozen copy of ``teacher`` taken now (before it is compressed)."""
+Teachers = nn.Module | Sequence[nn.Module]
+
+
+def _objective(teacher: Teachers, config: DeepCompressionConfig) -> Objective:
+    """Cross-entropy, or distillation from frozen copies of ``teacher`` taken now (before the model is
+    compressed); a sequence of modules teaches as their uniform ensemble."""
     if config.self_distill is None:
         return cross_entropy_objective
-    return DistillationObjective(as_teacher(copy.deepcopy(teacher).eval()), config.self_distill)
+    members = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+    if not members:
+        raise ConfigError("the teacher ensemble is empty; give a module or a non-empty list of modules")
+    frozen = [copy.deepcopy(member).eval() for member in members]
+    return DistillationObjective(as_teacher(frozen[0] if len(frozen) == 1 else frozen), config.self_distill)
 
 
 def prune_and_retrain(model: nn.Module, data: DataSplits, config: DeepCompressionConfig, *, progress: bool | None = False,
                       objective: Objective | None = None, checkpoint_path: str | os.PathLike[str] | None = None,
-                      resume: bool = False, callbacks: tuple = ()) -> nn.Module:
+                      resume: bool = False, callbacks: tuple = (), teacher: Teachers | None = None) -> nn.Module:
     """Deep Compression's first stage alone: prune in ``config.prune_steps`` steps, retraining after each.
+
+    With ``config.self_distill``, retraining learns from ``teacher`` (default: a copy of ``model`` as
+    given); a list of modules teaches as their ensemble. ``objective``, if given, replaces both.
 
     With ``checkpoint_path``, step ``k``'s retraining checkpoints to ``PATH.step{k}``; with ``resume``
     an existing one is continued (pruning is deterministic, so redoing a step's masks is exact).
@@ -128,7 +144,7 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, config: DeepCompressio
 
     Returns the model (in place) with its masks made permanent: an ordinary module with zeros.
     """
-    objective = objective or _objective(model, config)
+    objective = objective or _objective(model if teacher is None else teacher, config)
     if config.gradual is not None and config.prune is not None:
         steps_per_epoch = -(-int(data.y_train.shape[0]) // config.prune_retrain.batch_size)
         end_step = max(1, round(config.gradual * config.prune_retrain.epochs * steps_per_epoch))
@@ -158,19 +174,21 @@ def _accuracy(model: nn.Module, data: DataSplits) -> float:
 
 
 def deep_compress(model: nn.Module, data: DataSplits, config: DeepCompressionConfig, output: str | os.PathLike[str], *,
-                  teacher: nn.Module | None = None, progress: bool | None = None) -> CompressionResult:
+                  teacher: Teachers | None = None, progress: bool | None = None) -> CompressionResult:
     """Compress a trained ``model`` (in place) and write it to ``output``.
 
     The model ends as an ordinary module (no masks or hooks left) whose weights are the shared values
     written to the file. With ``config.self_distill``, retraining learns from ``teacher`` (default: a
-    copy of ``model`` as given; pass the uncompressed model when ``model`` was pruned beforehand).
+    copy of ``model`` as given; pass the uncompressed model when ``model`` was pruned beforehand). A list
+    of modules teaches as their uniform ensemble (probabilities averaged), e.g. the reference and
+    other trainings of it: a stronger teacher than the reference alone.
 
     Returns:
         A :class:`CompressionResult`; ``result.compressed`` is measured on the model loaded back from
         ``output``, ``result.layers`` is the per-layer table of the file.
     """
     ref = {"accuracy": _accuracy(model, data), "params": count_params(model), "dense_bytes": 4 * count_params(model)}
-    objective = _objective(teacher or model, config)
+    objective = _objective(model if teacher is None else teacher, config)
     prune_and_retrain(model, data, config, progress=progress, objective=objective)
     kept = sum(int((p != 0).sum()) for p in model.parameters())
     pruned = {"accuracy": _accuracy(model, data), "kept_params": kept, "rate_dense_over_kept": ref["params"] / max(kept, 1)}
@@ -182,8 +200,11 @@ def deep_compress(model: nn.Module, data: DataSplits, config: DeepCompressionCon
     histograms = {name: (weights, prunable_layers(model)[name].weight_centroids.detach().numpy().copy())
                   for name, weights in before_sharing.items()}
 
+    if config.float16_raw:
+        round_raw_to_float16_(model)
     stats = save_compressed(model, output, index_bits_fc=config.index_bits_fc, index_bits_conv=config.index_bits_conv,
-                            context_masks=config.context_masks, extra={"data": data.name, "reference_accuracy": ref["accuracy"]})
+                            context_masks=config.context_masks, float16_raw=config.float16_raw,
+                            extra={"data": data.name, "reference_accuracy": ref["accuracy"]})
     finalize_(model)
     loaded, _, _ = load_compressed(output)
     compressed = {"accuracy": _accuracy(loaded, data), "bytes": file_bytes(output)}

@@ -15,10 +15,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from modelpress.core.device import module_device
+from modelpress.core.device import DEVICE_ENV, module_device
 from modelpress.core.errors import ConfigError
 
-DEVICE_ENV = "MODELPRESS_DEVICE"
+__all__ = ["DEVICE_ENV", "move_", "placed_on", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
