@@ -102,6 +102,11 @@ SELF_DISTILL = DistillConfig(temperature=2.0, alpha=0.9)
 FINETUNE = dict(optimizer="adam", lr=1e-4, schedule="constant", weight_decay=0.0)
 
 
+def seeds_rate(arch: str) -> float:
+    """The compression rate the seeds' Table 1 reached for ``arch`` (0 for a network not in it)."""
+    return SEEDS_TABLE_1.get(arch, {}).get("rate", 0)
+
+
 def log(line: str) -> None:
     print(line, flush=True)
 
@@ -237,7 +242,7 @@ def run_network(recipe: ModelRecipe, data, runs: Path, seed: int, seed_check: in
     # training seed moves the error by ~0.1, so every step that reaches the paper's rate (a choice by rate
     # alone, never by error) is repeated with more training seeds, and the pushed setting is the
     # highest-rate one whose *mean validation* error is within budget; its mean test error is then judged.
-    paper_rate = SEEDS_TABLE_1.get(recipe.arch, {}).get("rate", 0)
+    paper_rate = seeds_rate(recipe.arch)
     checks = []
     for first in (r for r in rows if r["rate"] >= paper_rate):
         repeats = [first]
@@ -478,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             {**han, "model": "compressed, Han's settings"},
         ]
         picks = []  # one per teacher: the reference alone, and the ensemble of its trainings
-        paper_rate = SEEDS_TABLE_1.get(name, {}).get("rate", 0)
+        paper_rate = seeds_rate(name)
         for teachers in sorted({c["teachers"] for c in checks}):
             # a step enters the seed check on its first seed's rate; it counts only if its mean rate is the paper's too
             group = [c for c in checks if c["teachers"] == teachers and c["rate"] >= paper_rate]

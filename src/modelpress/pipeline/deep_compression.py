@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -24,7 +24,7 @@ from modelpress.encode import load_compressed, read_manifest, round_raw_to_float
 from modelpress.encode.report import layer_rows
 from modelpress.encode.sparse import check_index_bits
 from modelpress.measure import count_params, evaluate_accuracy, file_bytes
-from modelpress.pipeline.gradual import ScaledGradualPruning
+from modelpress.pipeline.gradual import ScaledGradualPruning, scaled_prune_config
 from modelpress.prune import PruneConfig, make_permanent_, prunable_layers, prune_
 from modelpress.quantize import QuantizeConfig, finalize_, quantize_
 from modelpress.train import Objective, TrainConfig, cross_entropy_objective, train
@@ -124,6 +124,8 @@ def _objective(teacher: Teachers, config: DeepCompressionConfig) -> Objective:
     if not members:
         raise ConfigError("the teacher ensemble is empty; give a module or a non-empty list of modules")
     frozen = [copy.deepcopy(member).eval() for member in members]
+    # one member stays a plain teacher: an ensemble of one would hand out log-probabilities, not logits,
+    # and so soften differently at the same temperature
     return DistillationObjective(as_teacher(frozen[0] if len(frozen) == 1 else frozen), config.self_distill)
 
 
@@ -154,19 +156,13 @@ def prune_and_retrain(model: nn.Module, data: DataSplits, config: DeepCompressio
               callbacks=(ramp, *callbacks), description="gradual pruning")
         return make_permanent_(model)
     for step in range(1, config.prune_steps + 1 if config.prune is not None else 1):
-        prune_(model, _step_towards(config.prune, step / config.prune_steps))
+        # Han et al. grow the threshold step by step; masks only grow because pruned weights stay zero
+        prune_(model, scaled_prune_config(config.prune, step / config.prune_steps))
         if config.prune_retrain is not None:
             train(model, data, config.prune_retrain, objective=objective, progress=progress,
                   checkpoint_path=f"{checkpoint_path}.step{step}" if checkpoint_path else None, resume=resume,
                   callbacks=callbacks, description=f"retrain after pruning {step}")
     return make_permanent_(model)
-
-
-def _step_towards(prune: PruneConfig, fraction: float) -> PruneConfig:
-    """The pruning target scaled by ``fraction`` of the way, for iterative pruning (Han et al. grow the
-    threshold step by step; masks only ever grow because pruned weights stay zero)."""
-    return replace(prune, sparsity=prune.sparsity * fraction, quality=prune.quality * fraction,
-                   layer_sparsity={name: value * fraction for name, value in prune.layer_sparsity.items()})
 
 
 def _accuracy(model: nn.Module, data: DataSplits) -> float:
