@@ -3,8 +3,9 @@
 For LeNet-300-100 and LeNet-5: train the reference, prune with Han et al.'s per-layer sparsities
 (gradually, along Zhu & Gupta's ramp inside one retraining run, distilling from the reference),
 share weights by k-means (fine-tuning the centroids, distilling too), code into a .mpz file
-(Huffman/ANS streams; each layer's sparsity mask as relative indices or with the row x column
-context model, whichever is smaller; biases rounded to float16), load the file back and measure it.
+(Huffman/ANS streams; each layer's positions as relative indices, with the row x column context
+model or, for the MLP's first layer, with its neighbours in the input picture as context, whichever is
+smaller; centroids and biases rounded to float16), load the file back and measure it.
 Then push the rate (fewer weights kept, fewer bits; for LeNet-5 the kept weights are spread over the
 layers by a sensitivity scan of the reference on validation data, since Han's MNIST ratios prune its
 conv layers too hard on Fashion-MNIST), with the reference alone as teacher and, in the steps "taught
@@ -19,6 +20,7 @@ codec speed and bits per symbol beside the entropy.
     python benchmarks/deep_compression.py             # full run, ~90 min on 2 CPU threads with cached pruned models
     python benchmarks/deep_compression.py --quick     # smoke test on a slice
     python benchmarks/deep_compression.py --codec-only  # redo the codec timings from the cached files
+    python benchmarks/deep_compression.py --reuse-figure6 --recode  # a new coder: re-encode the cached files
 
 Writes benchmarks/results/deep_compression.{json,md} and the PNGs beside them. Reference and pruned
 models are cached in runs/deep_compression/ so an interrupted run picks up where it stopped.
@@ -38,17 +40,19 @@ import numpy as np
 import torch
 
 from modelpress.data import load_dataset
-from modelpress.encode import huffman, load_compressed, read_manifest, to_relative
+from modelpress.encode import huffman, load_compressed, read_manifest, round_to_float16_, save_compressed, to_relative
 from modelpress.encode import ans
 from modelpress.encode.container import codebook_and_labels
 from modelpress.encode.mask import decode_mask, encode_mask
-from modelpress.encode.report import BUDGET_COLUMNS, BUDGET_HEADERS, budget_rows, byte_budget
+from modelpress.encode.report import BUDGET_COLUMNS, BUDGET_HEADERS, budget_rows, byte_budget, layer_rows
+from modelpress.encode.spatial import decode_spatial, encode_spatial, geometry_for
 from modelpress.measure import count_params, evaluate_accuracy, markdown_table, write_json
 from modelpress.measure.plots import plot_accuracy_vs_rate, plot_weight_histograms
 from modelpress.models import build_model, load_model, save_model
 from modelpress.models.ensemble import EnsembleModel
 from modelpress.distill import DistillConfig
 from modelpress.pipeline import DeepCompressionConfig, deep_compress, prune_and_retrain
+from modelpress.pipeline.deep_compression import CompressionResult
 from modelpress.prune import (PruneConfig, SensitivityScan, allocate_sparsity, layer_sensitivity, make_permanent_,
                               prunable_layers, prune_)
 from modelpress.quantize import QuantizeConfig, finalize_, quantize_
@@ -144,8 +148,27 @@ def compress_pruned(pruned_path: Path, teachers, data, recipe: ModelRecipe, bits
         prune=None, prune_retrain=None,
         quantize=QuantizeConfig(bits_fc=bits_fc, bits_conv=bits_conv, init=init, seed=seed),
         quantize_retrain=TrainConfig(epochs=recipe.finetune_epochs, seed=seed, **FINETUNE),
-        index_bits_fc=5, index_bits_conv=recipe.index_bits_conv, self_distill=SELF_DISTILL, float16_raw=True)
+        index_bits_fc=5, index_bits_conv=recipe.index_bits_conv, self_distill=SELF_DISTILL, float16=True)
     return deep_compress(load_model(pruned_path), data, config, out, teacher=teachers, progress=False)
+
+
+def recode(out: Path, pruned_path: Path, data, recipe: ModelRecipe) -> CompressionResult:
+    """:func:`compress_pruned`'s file again, from its earlier output instead of sharing and fine-tuning:
+    read back, rounded to float16 (as the pipeline rounds after fine-tuning; idempotent), written by
+    the current coder and measured on the new file. For coder changes, which are lossless."""
+    model, spec, extra = load_compressed(out)
+    round_to_float16_(model)
+    stats = save_compressed(model, out, spec=spec, extra=extra, index_bits_fc=5, index_bits_conv=recipe.index_bits_conv,
+                            float16=True)
+    loaded, _, _ = load_compressed(out)
+    pruned = load_model(pruned_path)
+    params = count_params(pruned)
+    histograms = {name: (m.weight.detach().numpy().copy(), codebook_and_labels(prunable_layers(loaded)[name].weight)[0].numpy())
+                  for name, m in prunable_layers(pruned).items()}
+    return CompressionResult(out, {"params": params, "dense_bytes": 4 * params},
+                             {"kept_params": sum(int((p != 0).sum()) for p in pruned.parameters())},
+                             {"accuracy": evaluate_accuracy(loaded, data.x_test, data.y_test).accuracy, "bytes": out.stat().st_size},
+                             layer_rows(read_manifest(out)[0]), stats, histograms, loaded)
 
 
 def table1_row(name: str, recipe_name: str, result, data, ref_val_error: float) -> dict:
@@ -168,6 +191,9 @@ def pruned_model_path(runs: Path, recipe: ModelRecipe, tag: str) -> Path:
     return runs / f"{recipe.arch}-pruned-{tag}-gradual{recipe.retrain_epochs}-lr{recipe.retrain_lr:g}-kd.mpk"
 
 
+RECODE = False  # --recode: re-encode each step's cached file instead of sharing and fine-tuning again
+
+
 def compress_step(recipe: ModelRecipe, data, runs: Path, teachers: list, keep_scale: float, bits_fc: int, bits_conv: int,
                   seed: int, name: str, ref_val_error: float, allocation: dict | None = None) -> tuple[dict, object]:
     """Prune (cached), share, fine-tune and encode one setting; the row of the file read back.
@@ -181,8 +207,11 @@ def compress_step(recipe: ModelRecipe, data, runs: Path, teachers: list, keep_sc
     cached_model(pruned_path, lambda: prune_stage(load_model(runs / f"{recipe.arch}-ref.mpk"), data, recipe, sparsity,
                                                   seed, teachers))
     started = time.perf_counter()
-    result = compress_pruned(pruned_path, teachers, data, recipe, bits_fc, bits_conv,
-                             runs / f"{recipe.arch}-{tag}-{bits_fc}-{bits_conv}.mpz", seed)
+    out = runs / f"{recipe.arch}-{tag}-{bits_fc}-{bits_conv}.mpz"
+    if RECODE and out.exists():
+        result = recode(out, pruned_path, data, recipe)
+    else:
+        result = compress_pruned(pruned_path, teachers, data, recipe, bits_fc, bits_conv, out, seed)
     row = table1_row(name, recipe.arch, result, data, ref_val_error)
     row.update(bits_fc=bits_fc, bits_conv=bits_conv, keep_scale=keep_scale, seed=seed, sparsity=sparsity,
                allocated=allocation is not None, teachers=len(teachers), seconds=time.perf_counter() - started)
@@ -423,6 +452,18 @@ def codec_speed(path: Path, repeats: int) -> list[dict]:
                        lambda d: np.array_equal(d, tiled_mask))
     row.update(bits_per_symbol=8 * len(coded[1]) / tiled_mask.size, entropy_bits=coded[2] / tiled_mask.size)
     rows.append(row)
+    geometry = geometry_for(tuple(module.weight.shape), manifest["spec"]["input_shape"])
+    if geometry is not None and int(entry["centroids"]) >= 1:
+        grid = labels.reshape(module.weight.shape[0], -1)
+        tiled_grid = np.tile(grid, (max(1, 4_000_000 // grid.size), 1))  # more units seeing the same picture
+        k = int(entry["centroids"])
+        row, coded = timed("positions and labels", "spatial",
+                           lambda: encode_spatial(tiled_grid.ravel(), tiled_grid.shape[0], geometry, k),
+                           lambda c: decode_spatial(c[0], c[1], tiled_grid.shape[0], geometry, k), int(tiled_grid.size),
+                           lambda d: np.array_equal(d, tiled_grid.ravel()))
+        # per weight position: the ANS words and counts, beside the model's ideal code length
+        row.update(bits_per_symbol=8 * len(coded[1]) / tiled_grid.size, entropy_bits=(coded[2] + coded[3]) / tiled_grid.size)
+        rows.append(row)
     return rows
 
 
@@ -433,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-check", type=int, default=2,
                         help="extra training seeds for every step that reaches the paper's rate")
     parser.add_argument("--reuse-figure6", action="store_true", help="keep Figure 6 from OUT.json instead of retraining it")
+    parser.add_argument("--recode", action="store_true",
+                        help="re-encode each ladder step's cached .mpz with the current coder instead of sharing and "
+                             "fine-tuning again (lossless: the weights stay bit for bit; errors are measured again)")
     parser.add_argument("--codec-only", action="store_true",
                         help="redo only the codec timings from the cached files of OUT.json's Han rows")
     parser.add_argument("--seed", type=int, default=0)
@@ -447,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_figure6(figure, Path(args.out).parent / "deep_compression_figure6.png")
         return 0
 
+    global RECODE
+    RECODE = args.recode
     torch.manual_seed(args.seed)
     data = load_dataset(args.data, seed=args.seed, val_size=5000 if not args.quick else 500,
                         limit=3000 if args.quick else None, limit_test=1000 if args.quick else None)
@@ -549,8 +595,10 @@ def write_markdown(report: dict, out: Path) -> None:
           "Table 1 form: test error of the file as loaded back; size = dense float32 weights for the reference, file "
           "bytes on disk for compressed models. Pruning is gradual (Zhu & Gupta's ramp over the first half of one "
           "retraining run) with distillation from the reference in retraining and centroid fine-tuning; each "
-          "layer's sparsity mask is stored as relative indices or with the row x column context model, whichever "
-          "is smaller; biases are rounded to float16 after fine-tuning and stored in 2 bytes each. Every step that reaches the paper's rate is repeated with more training seeds; for each "
+          "layer's positions are stored as relative indices, with the row x column context model or (the MLP's "
+          "first layer) together with its labels with the neighbouring weights in the input picture as context, "
+          "whichever is smaller; centroids and biases are rounded to float16 after fine-tuning and stored in 2 "
+          "bytes each. Every step that reaches the paper's rate is repeated with more training seeds; for each "
           "teacher (the reference alone; the ensemble of the reference and two more trainings of it) the pushed "
           "row is the highest-rate one whose *mean validation* error is within "
           f"{ALLOWED_LOSS_PP} points of the reference's, and its mean test error is what the issue judges. "
@@ -617,8 +665,9 @@ def write_markdown(report: dict, out: Path) -> None:
                                             "decode_msym_s"],
                           ["Layer", "Stream", "Codec", "Bits/symbol", "Entropy (bits)", "Encode (M sym/s)",
                            "Decode (M sym/s)"]),
-           "Mask rows: one symbol = one weight position (a bit); bits/symbol is per position; the entropy column "
-           "is the mask's ideal code length per position under the context model.", "",
+           "Mask and spatial rows: one symbol = one weight position; bits/symbol is per position (the spatial "
+           "coder's labels of the kept weights included); the entropy column is the ideal code length per position "
+           "under the coder's context model.", "",
            "Figure 6: `deep_compression_figure6.png`" + (" (reused from the previous run)" if report.get("figure6_reused")
                                                          else "") + "; weight histograms: "
            "`deep_compression_<network>_hist.png`.", "",

@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-context-masks", action="store_true",
                    help="store every sparsity pattern as relative indices (readable by older modelpress), not the "
                         "context-coded mask where that is smaller")
-    g.add_argument("--float16-raw", action="store_true",
-                   help="round biases and other tensors stored raw to float16 values after fine-tuning: half their bytes")
+    g.add_argument("--float16", action="store_true",
+                   help="round centroids, biases and every other float the file stores to float16 after fine-tuning: "
+                        "half their bytes")
     g = p.add_argument_group("retraining against the uncompressed model (beyond the paper)")
     g.add_argument("--self-distill", action="store_true",
                    help="retrain and fine-tune with the uncompressed model's soft targets as well as the labels")

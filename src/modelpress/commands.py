@@ -166,7 +166,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
                           if args.finetune_epochs else None),
         index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
         self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
-        gradual=args.gradual, context_masks=not args.no_context_masks, float16_raw=args.float16_raw,
+        gradual=args.gradual, context_masks=not args.no_context_masks, float16=args.float16,
     )
     # the whole config is checked above, before the model and data are read or any training starts
     loaded = read_model_file(args.model)

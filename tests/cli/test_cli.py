@@ -235,6 +235,7 @@ def test_model_option_reaches_the_architecture(tmp_path):
 
 
 def test_compress_gradually_and_without_context_masks(tiny_mnist_dir, tmp_path, capsys):
+    from modelpress.encode import read_manifest
     from modelpress.encode.container import _HEADER
 
     data = str(tiny_mnist_dir)
@@ -244,9 +245,10 @@ def test_compress_gradually_and_without_context_masks(tiny_mnist_dir, tmp_path, 
               "--finetune-epochs", "0", "--batch-size", "64", "--quiet", "--json"]
     gradual = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "-o", str(tmp_path / "g.mpz")])
     assert gradual["rate"] > 5
-    half = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "--float16-raw",
+    half = run_json(capsys, ["compress", str(model), *common, "--gradual", "0.5", "--float16",
                              "-o", str(tmp_path / "h.mpz")])
-    assert gradual["bytes"] - half["bytes"] >= 2 * (64 + 32 + 10) - 16  # the biases in 2 bytes instead of 4
+    centroids = sum(e["centroids"] for e in read_manifest(tmp_path / "h.mpz")[0]["tensors"] if e["kind"] == "shared")
+    assert gradual["bytes"] - half["bytes"] >= 2 * (64 + 32 + 10 + centroids) - 24  # 2 bytes a float instead of 4
     run_json(capsys, ["compress", str(model), *common, "--no-context-masks", "-o", str(tmp_path / "plain.mpz")])
     _, version, _, _ = _HEADER.unpack_from((tmp_path / "plain.mpz").read_bytes())
     assert version == 1  # no context-coded masks: the first format, readable by older modelpress

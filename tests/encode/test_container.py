@@ -46,20 +46,24 @@ def test_plain_models_round_trip_too(tmp_path):
 
 
 def test_float16_exact_tensors_take_half_the_bytes_and_load_back_bit_identical(tmp_path):
-    from modelpress.encode import round_raw_to_float16_
+    from modelpress.encode import round_to_float16_
     from modelpress.encode.container import _decode_tensor
 
     model = _compressed_model()
     save_compressed(model, tmp_path / "fp32.mpz")
-    weights = {name: m.weight_centroids.clone() for name, m in model.named_modules() if hasattr(m, "weight_centroids")}
-    round_raw_to_float16_(model)
-    for name, centroids in weights.items():  # the shared weights are the codebook's business, not rounded
-        assert torch.equal(model.get_submodule(name).weight_centroids, centroids)
-    save_compressed(model, tmp_path / "fp16.mpz", float16_raw=True)
+    round_to_float16_(model)
+    shared = {name: m for name, m in model.named_modules() if hasattr(m, "weight_centroids")}
+    for name, module in shared.items():
+        assert torch.equal(module.weight_centroids, module.weight_centroids.half().float()), name
+    save_compressed(model, tmp_path / "fp16.mpz", float16=True)
     biases = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert (tmp_path / "fp32.mpz").stat().st_size - (tmp_path / "fp16.mpz").stat().st_size >= 2 * biases - 16
     manifest, _ = read_manifest(tmp_path / "fp16.mpz")
+    centroids = sum(e["centroids"] for e in manifest["tensors"] if e["kind"] == "shared")
+    saved = (tmp_path / "fp32.mpz").stat().st_size - (tmp_path / "fp16.mpz").stat().st_size
+    assert saved >= 2 * (biases + centroids) - 24  # 2 bytes a value, less a few for the longer manifest
     assert {e["dtype"] for e in manifest["tensors"] if e["kind"] == "raw"} == {"float16"}
+    assert {e["centroid_dtype"] for e in manifest["tensors"] if e["kind"] == "shared"} == {"float16"}
+    assert _HEADER.unpack_from((tmp_path / "fp16.mpz").read_bytes())[1] == 4  # older readers say "upgrade"
     loaded, _, _ = load_compressed(tmp_path / "fp16.mpz")
     finalize_(model)
     for name, tensor in model.state_dict().items():
@@ -70,12 +74,17 @@ def test_float16_exact_tensors_take_half_the_bytes_and_load_back_bit_identical(t
     plain = build_model("mlp:4", (3,), 2)
     with torch.no_grad():
         plain.net[1].bias.copy_(torch.tensor([0.1, 0.5, 1e-9, 70000.0]))
-    save_compressed(plain, tmp_path / "plain.mpz", float16_raw=True)
+    save_compressed(plain, tmp_path / "plain.mpz", float16=True)
     dtypes = {e["name"]: e["dtype"] for e in read_manifest(tmp_path / "plain.mpz")[0]["tensors"]}
     assert dtypes["net.1.bias"] == "float32"
     entry = {"kind": "raw", "dtype": "float16", "restore": "int64", "shape": [1]}
     with pytest.raises(ModelFileError, match="cannot restore float16 values as 'int64'"):
         _decode_tensor(entry, b"\x00\x3c")
+    shared = next(e for e in manifest["tensors"] if e["kind"] == "shared")
+    with pytest.raises(ModelFileError, match="unknown centroid dtype 'float8'"):
+        _decode_tensor({**shared, "centroid_dtype": "float8"}, b"")
+    with pytest.raises(ModelFileError, match="part sizes do not add up"):  # float16 sizes read as float32
+        _decode_tensor({**shared, "centroid_dtype": "float32"}, b"\0" * sum(shared["parts"]))
 
 
 def test_truncated_corrupt_foreign_and_future_files_are_rejected(tmp_path):
@@ -174,7 +183,7 @@ def test_per_channel_sign_weights_take_about_one_bit_and_a_version_2_file(tmp_pa
     loaded, _, _ = load_compressed(tmp_path / "rows.mpz")
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor.view(torch.int32), loaded.state_dict()[key].view(torch.int32)), key
-    save_compressed(_compressed_model("mlp:24", (1, 8, 8)), tmp_path / "v1.mpz")
+    save_compressed(_compressed_model("mlp:24", (64,)), tmp_path / "v1.mpz")
     assert (tmp_path / "v1.mpz").read_bytes()[8:10] == (1).to_bytes(2, "little")  # what older readers open
 
 

@@ -22,9 +22,12 @@ def structured_mask(rows, cols, seed=0, dead_cols=0.2, density=0.1):
     return rng.random((rows, cols)) < np.clip(np.outer(row_p, col_p), 0, 1)
 
 
-def deterministic_model(mask):
-    """lenet300_100 with integer-pattern weights (no RNG): 8 shared values where ``mask`` keeps."""
-    model = build_model("lenet300_100", (1, 28, 28), 10)
+def deterministic_model(mask, input_shape=(1, 28, 28)):
+    """lenet300_100 with integer-pattern weights (no RNG): 8 shared values where ``mask`` keeps.
+
+    Its labels follow each other along a row, which the spatial layout (version 5) would exploit on
+    an image input; a flat ``input_shape`` leaves the layouts this module tests."""
+    model = build_model("lenet300_100", input_shape, 10)
     with torch.no_grad():
         for i, (_name, p) in enumerate(sorted(model.named_parameters())):
             idx = torch.arange(p.numel()).reshape(p.shape)
@@ -92,7 +95,7 @@ def test_broken_mask_metadata_is_refused():
 
 
 def test_files_use_the_mask_where_smaller_as_version_3_and_load_bit_identically(tmp_path):
-    model = deterministic_model(structured_mask(300, 784))
+    model = deterministic_model(structured_mask(300, 784), input_shape=(784,))
     stats = save_compressed(model, tmp_path / "ctx.mpz")
     save_compressed(model, tmp_path / "rel.mpz", context_masks=False)
     ctx, rel = (tmp_path / "ctx.mpz").read_bytes(), (tmp_path / "rel.mpz").read_bytes()
@@ -133,7 +136,7 @@ def test_fuzzed_mask_layout_tensor_payloads_fail_cleanly(tmp_path, data, mutated
     """Below the CRC: mutate a mask-layout tensor's bytes and call the tensor decoder on them."""
     path = tmp_path / "ctx.mpz"
     if not path.exists():
-        model = build_model("mlp:60-16", (1, 10, 10), 3)
+        model = build_model("mlp:60-16", (100,), 3)
         with torch.no_grad():
             w = model.net[1].weight
             w.copy_(torch.round(w * 8) / 8 * torch.from_numpy(structured_mask(60, 100, seed=5, dead_cols=0.5, density=0.5)))

@@ -7,7 +7,7 @@ import torch
 
 from modelpress.core.errors import ConfigError
 from modelpress.distill import DistillConfig
-from modelpress.encode import load_compressed
+from modelpress.encode import load_compressed, read_manifest
 from modelpress.encode.report import budget_rows, byte_budget
 from modelpress.models import build_model
 from modelpress.pipeline import DeepCompressionConfig, deep_compress
@@ -107,18 +107,19 @@ def test_an_ensemble_of_trainings_teaches_the_retraining(tiny_splits):
         prune_and_retrain(other, tiny_splits, config, teacher=[])
 
 
-def test_float16_raw_halves_the_biases_and_the_file_holds_the_rounded_model(tiny_splits, tmp_path):
+def test_float16_halves_biases_and_centroids_and_the_file_holds_the_rounded_model(tiny_splits, tmp_path):
     import copy
 
     model = trained_mlp(tiny_splits)
     config = DeepCompressionConfig(prune=PruneConfig(sparsity=0.8), prune_retrain=None, quantize_retrain=None)
     full = deep_compress(copy.deepcopy(model), tiny_splits, config, tmp_path / "fp32.mpz", progress=False)
-    half = deep_compress(model, tiny_splits, replace(config, float16_raw=True), tmp_path / "fp16.mpz", progress=False)
+    half = deep_compress(model, tiny_splits, replace(config, float16=True), tmp_path / "fp16.mpz", progress=False)
     biases = 64 + 32 + tiny_splits.num_classes
-    assert full.compressed["bytes"] - half.compressed["bytes"] >= 2 * biases - 16
+    centroids = sum(e["centroids"] for e in read_manifest(tmp_path / "fp16.mpz")[0]["tensors"] if e["kind"] == "shared")
+    assert full.compressed["bytes"] - half.compressed["bytes"] >= 2 * (biases + centroids) - 24
     for name, tensor in half.loaded_model.state_dict().items():
+        assert torch.equal(tensor, tensor.half().float()), name
         if name.endswith("bias"):
-            assert torch.equal(tensor, tensor.half().float()), name
             assert not torch.equal(tensor, full.loaded_model.state_dict()[name]), name
     assert abs(half.compressed["accuracy"] - full.compressed["accuracy"]) < 0.02
 

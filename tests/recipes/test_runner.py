@@ -155,6 +155,20 @@ def test_stage_cache_shares_identical_stages_between_runs(tiny_raw, tmp_path, mo
     assert abs(result.stages[1]["metrics"]["layers"][0]["sparsity"] - 0.5) < 0.01
 
 
+def test_an_encode_stage_in_float16_writes_a_smaller_file_of_the_rounded_model(tiny_raw, tmp_path):
+    from modelpress.encode import load_compressed, read_manifest
+
+    plain = run_recipe(parse_recipe(tiny_raw), tmp_path / "a", log=_quiet, cache_dir=tmp_path / "cache")
+    tiny_raw["stages"][-1]["float16"] = True
+    half = run_recipe(parse_recipe(tiny_raw), tmp_path / "b", log=_quiet, cache_dir=tmp_path / "cache")
+    path = tmp_path / "b" / "stage_4_encode" / "model.mpz"
+    manifest, _ = read_manifest(path)
+    assert {e.get("dtype", e.get("centroid_dtype")) for e in manifest["tensors"]} == {"float16"}
+    assert plain.final["bytes"] - half.final["bytes"] >= 2 * (48 + 10)  # the biases alone, 2 bytes each
+    assert all(torch.equal(t, t.half().float()) for t in load_compressed(path)[0].state_dict().values())
+    assert abs(half.final["accuracy"] - plain.final["accuracy"]) <= 0.02
+
+
 def test_distill_structured_prune_factorize_and_onnx_stages(tmp_path):
     """The other stage kinds run end to end on the same API the CLI uses."""
     raw = {"data": {"name": "digits", "limit": 240, "limit_test": 120}, "measure": {"latency": True},

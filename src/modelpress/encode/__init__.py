@@ -2,7 +2,7 @@
 compressed model file."""
 
 from modelpress.encode.container import (MAGIC, StreamInfo, is_compressed_file, load_compressed, read_any_model, read_manifest,
-                                         round_raw_to_float16_, save_compressed)
+                                         round_to_float16_, save_compressed)
 from modelpress.encode.huffman import HuffmanStream, canonical_codes, entropy_bits, huffman_lengths
 from modelpress.encode.mask import decode_mask, encode_mask
 from modelpress.encode.sparse import from_relative, to_relative
@@ -21,7 +21,7 @@ __all__ = [
     "load_compressed",
     "read_any_model",
     "read_manifest",
-    "round_raw_to_float16_",
+    "round_to_float16_",
     "save_compressed",
     "to_relative",
 ]

@@ -11,8 +11,9 @@ The trailing SHA-256 covers every byte before it. The manifest holds the archite
 tensor, its shape, how it is stored, where its bytes are in the payload and their CRC-32. A weight
 with few distinct values (pruned and/or weight-shared) is stored as a codebook of float32 centroids
 plus cluster labels in the relative-index sparse format, each stream Huffman- or ANS-coded, whichever
-is smaller; every other tensor is stored raw (on request a float32 tensor in float16 where that is
-exact, as after :func:`round_raw_to_float16_`). Loading rebuilds the module with bit-identical weights.
+is smaller; every other tensor is stored raw. On request every float32 the file holds (centroids and
+raw tensors alike) is stored in float16 where that is exact, as after :func:`round_to_float16_`.
+Loading rebuilds the module with bit-identical weights.
 
 A binary or ternary layer with one scale per layer is such a weight (2 or 3 values: about 1 and
 ``H(p0, p-, p+)`` <= 1.58 bits per weight). One whose scale is per output channel (XNOR-Net's
@@ -25,6 +26,14 @@ Version 3 adds the context-coded mask layout (``"sparse": "mask"``, see ``mask.p
 of the kept weights as a bit mask coded with per-row x per-column probabilities, then the labels of
 the kept weights only. It is chosen per tensor where it is smaller than relative indices; a file
 in which no tensor uses it is written exactly as before (version 1 or 2).
+
+Version 5 adds the spatial layout (``"sparse": "spatial"``, see ``spatial.py``): positions and
+labels of a convolution's kernels, or of an MLP's first layer on images, coded with the neighbouring
+weights as context. Chosen per tensor where it is smaller.
+
+Version 4 adds codebooks (centroids or row magnitudes) stored in float16 (``"centroid_dtype":
+"float16"``), written on request (``float16=True``) where every value is exact in float16, as after
+:func:`round_to_float16_`.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from modelpress.core.errors import ModelFileError
 from modelpress.core.io import atomic_write
 from modelpress.encode.mask import decode_masked_labels, encode_masked_labels
 from modelpress.encode.sparse import from_relative, to_relative
+from modelpress.encode.spatial import decode_spatial_labels, encode_spatial_labels, geometry_for
 from modelpress.encode.streams import StreamInfo
 from modelpress.encode.streams import code_stream as _code_stream
 from modelpress.encode.streams import decode_stream as _decode_stream
@@ -54,7 +64,7 @@ from modelpress.quantize.binary import is_binarized, quantized_weight
 from modelpress.quantize.sharing import _shared_weight, is_shared
 
 MAGIC = b"MPRESSZ\0"
-VERSION = 3  # the newest format this module reads; it writes 1 unless a tensor needs row magnitudes (2) or a mask (3)
+VERSION = 5  # the newest format this module reads; it writes the oldest one that holds the file (see above)
 ROW_MAGNITUDES = "row_magnitudes"
 _HEADER = struct.Struct("<8sHHI")
 MAX_SHARED_VALUES = 1 << 16
@@ -102,14 +112,28 @@ def row_magnitudes_and_labels(weight: torch.Tensor) -> tuple[torch.Tensor, np.nd
     return m, labels.flatten().numpy()
 
 
+def _float16_if_exact(tensor: torch.Tensor) -> torch.Tensor | None:
+    """``tensor`` (float32) as float16 if that holds every value exactly, else None."""
+    if tensor.dtype != torch.float32 or tensor.numel() == 0:
+        return None
+    half = tensor.to(torch.float16)
+    return half if torch.equal(half.float(), tensor) else None
+
+
 def _encode_labels(codebook: torch.Tensor, labels: np.ndarray, alphabet: int, index_bits: int,
-                   extra: dict, rows: int | None = None) -> tuple[dict, list[bytes], list[StreamInfo]]:
-    """A float32 codebook plus labels (0 = zero) in the relative-index sparse format, both streams coded;
-    or, with ``rows`` and where it is smaller, in the context-coded mask layout (``mask.py``)."""
+                   extra: dict, rows: int | None = None, float16: bool = False,
+                   geometry: list[int] | None = None) -> tuple[dict, list[bytes], list[StreamInfo]]:
+    """A codebook (float32, or float16 where ``float16`` and exact) plus labels (0 = zero) in the
+    relative-index sparse format, both streams coded; or, with ``rows`` and where it is smaller, in the
+    context-coded mask layout (``mask.py``) or, with a ``geometry`` too, the spatial one (``spatial.py``)."""
     gaps, stored = to_relative(labels, index_bits)
     label_meta, label_blob, label_info = _code_stream(stored.astype(np.int64), alphabet)
     gap_meta, gap_blob, gap_info = _code_stream(gaps.astype(np.int64), 1 << index_bits)
-    centroids = codebook.numpy().astype("<f4").tobytes()
+    half = _float16_if_exact(codebook.float()) if float16 else None
+    if half is not None:
+        centroids, extra = half.numpy().astype("<f2").tobytes(), {**extra, "centroid_dtype": "float16"}
+    else:
+        centroids = codebook.numpy().astype("<f4").tobytes()
     meta = {"kind": "shared", "index_bits": index_bits, "entries": int(gaps.size), "kept": int((labels > 0).sum()),
             "centroids": int(codebook.numel()), **extra,
             "labels": label_meta, "gaps": gap_meta, "parts": [len(centroids), len(label_blob), len(gap_blob)]}
@@ -118,70 +142,80 @@ def _encode_labels(codebook: torch.Tensor, labels: np.ndarray, alphabet: int, in
     if masked is None:
         return relative
     mask_fields, (mask_labels, mask_blob), infos = masked
-    meta = {**{k: v for k, v in meta.items() if k != "gaps"}, **mask_fields,
-            "parts": [len(centroids), len(mask_labels), len(mask_blob)]}
-    candidate = meta, [centroids, mask_labels, mask_blob], infos
-    # the mask layout's manifest entry is longer: count both entries as written (compressed)
-    return min(relative, candidate, key=lambda c: sum(map(len, c[1])) + len(zlib.compress(json.dumps(c[0]).encode(), 9)))
+    common = {k: v for k, v in meta.items() if k not in ("gaps", "labels", "parts")}
+    candidates = [relative, ({**common, **mask_fields, "parts": [len(centroids), len(mask_labels), len(mask_blob)]},
+                             [centroids, mask_labels, mask_blob], infos)]
+    spatial = encode_spatial_labels(labels, rows, geometry, alphabet - 1, *infos) if geometry else None
+    if spatial is not None:
+        spatial_fields, spatial_blob, spatial_infos = spatial
+        candidates.append(({**common, **spatial_fields, "parts": [len(centroids), len(spatial_blob)]},
+                           [centroids, spatial_blob], spatial_infos))
+    # the context layouts' manifest entries are longer: count every entry as written (compressed)
+    return min(candidates, key=lambda c: sum(map(len, c[1])) + len(zlib.compress(json.dumps(c[0]).encode(), 9)))
 
 
-def _encode_shared(weight: torch.Tensor, index_bits: int,
-                   context_masks: bool = True) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
+def _encode_shared(weight: torch.Tensor, index_bits: int, context_masks: bool = True, float16: bool = False,
+                   input_shape: tuple[int, ...] | None = None) -> tuple[dict, list[bytes], list[StreamInfo]] | None:
     """Codebook + sparse labels for a weight with few distinct non-zero values (one codebook for the
-    layer, or one magnitude per row, whichever file is smaller), else None."""
+    layer, or one magnitude per row, whichever file is smaller), else None. ``input_shape``: the
+    model's input, whose picture an MLP's first layer sees (``spatial.geometry_for``)."""
     nonzero_values, labels = codebook_and_labels(weight)
     mask_rows = weight.shape[0] if context_masks and weight.dim() >= 2 else None  # None: relative indices only
+    geometry = geometry_for(tuple(weight.shape), input_shape) if mask_rows else None
     candidates = []
     if nonzero_values.numel() <= MAX_SHARED_VALUES and nonzero_values.numel() <= weight.numel() // 4:
-        candidates.append(_encode_labels(nonzero_values, labels, nonzero_values.numel() + 1, index_bits, {}, mask_rows))
+        candidates.append(_encode_labels(nonzero_values, labels, nonzero_values.numel() + 1, index_bits, {}, mask_rows,
+                                         float16, geometry))
     if nonzero_values.numel() > 2:  # with at most two values one layer-wide codebook is never larger
         rows = row_magnitudes_and_labels(weight)
         if rows is not None and rows[0].numel() <= weight.numel() // 4:
-            candidates.append(_encode_labels(rows[0], rows[1], 3, index_bits, {"codebook": ROW_MAGNITUDES}, mask_rows))
+            candidates.append(_encode_labels(rows[0], rows[1], 3, index_bits, {"codebook": ROW_MAGNITUDES}, mask_rows,
+                                             float16, geometry))
     # None: a dense float tensor, for which raw float32 is smaller
     return min(candidates, key=lambda c: sum(len(part) for part in c[1]), default=None)
 
 
 def _encode_raw(tensor: torch.Tensor, float16: bool) -> tuple[dict, list[bytes]]:
     """A tensor stored as it is; with ``float16``, a float32 one whose every value float16 holds exactly
-    (e.g. biases rounded by :func:`round_raw_to_float16_`) in half the bytes, read back to the same
+    (e.g. biases rounded by :func:`round_to_float16_`) in half the bytes, read back to the same
     float32 bits. A reader that ignores ``restore`` still loads the same values: ``load_state_dict``
     casts them."""
     tensor = tensor.detach().contiguous().cpu()
-    if float16 and tensor.dtype == torch.float32 and tensor.numel():
-        half = tensor.to(torch.float16)
-        if torch.equal(half.float(), tensor):
-            return {"kind": "raw", "dtype": "float16", "restore": "float32"}, [half.numpy().tobytes()]
+    half = _float16_if_exact(tensor) if float16 else None
+    if half is not None:
+        return {"kind": "raw", "dtype": "float16", "restore": "float32"}, [half.numpy().tobytes()]
     return {"kind": "raw", "dtype": str(tensor.dtype).removeprefix("torch.")}, [tensor.numpy().tobytes()]
 
 
-def round_raw_to_float16_(model: nn.Module) -> nn.Module:
-    """Round, in place, every float32 tensor the file would store raw (biases, normalisation
-    parameters and buffers, layers left dense) to the nearest float16 value, so that it is stored in
-    half the bytes. Prunable layers' weights (masked or shared) are left alone. Returns ``model``."""
-    coded = {f"{name}.weight" for name in prunable_layers(model)}
+def round_to_float16_(model: nn.Module) -> nn.Module:
+    """Round, in place, every float32 parameter and buffer to the nearest float16 value (shared
+    weights' centroids, biases, normalisation statistics, ...), so that a file written with
+    ``float16=True`` stores each float in 2 bytes. Pruned weights stay zero (0 is exact). Binary and
+    ternary layers are left alone: their scales are computed from latent weights, so rounding those
+    would not make the scales exact. Returns ``model``."""
+    binarized = {name for name, module in model.named_modules() if is_binarized(module)}
     with torch.no_grad():
         for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            owner, _, attr = key.rpartition(".")
-            if (f"{owner}.weight" in coded and attr.startswith("weight")) or tensor.dtype != torch.float32:
-                continue
-            tensor.copy_(tensor.to(torch.float16).float())
+            if tensor.dtype == torch.float32 and key.rpartition(".")[0] not in binarized:
+                tensor.copy_(tensor.to(torch.float16).float())
     return model
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bits_fc: int = 5, index_bits_conv: int = 8,
                     spec: ModelSpec | None = None, extra: dict | None = None, context_masks: bool = True,
-                    float16_raw: bool = False) -> dict:
+                    float16: bool = False) -> dict:
     """Write ``model`` (pruned and/or weight-shared, binary/ternary, or plain) as a compressed file, atomically.
 
     Args:
         model: a zoo model, possibly with masks, shared or binary/ternary weights still attached.
         index_bits_fc: bits per relative index of fully connected layers (the paper: 5).
         index_bits_conv: the same for convolutions (the paper: 8).
-        context_masks: let a weight of 2 or more dimensions use the context-coded mask layout where
-            that is smaller (a version-3 file); False writes only the layouts version 1/2 readers know.
-        float16_raw: store each float32 tensor kept raw (biases, ...) in float16 where that is exact,
-            as after :func:`round_raw_to_float16_`; off, the file is byte for byte what it always was.
+        context_masks: let a weight of 2 or more dimensions use the context-coded mask layout (a
+            version-3 file) or, for a convolution or an MLP's first layer on images, the spatial one
+            (version 5) where that is smaller; False writes only the layouts version 1/2 readers know.
+        float16: store each float32 tensor kept raw (biases, ...) and each codebook in float16 where
+            that is exact, as after :func:`round_to_float16_` (a version-4 file where a codebook is);
+            off, the file is byte for byte what it always was.
 
     Returns:
         Per-tensor stats: ``{name: {"kind", "bytes", "streams": [StreamInfo...]}}``.
@@ -193,9 +227,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
                   for name, m in prunable_layers(model).items()}
     entries, blobs, stats, offset = [], [], {}, 0
     for name, tensor in _effective_state(model).items():
-        encoded = _encode_shared(tensor, index_bits[name], context_masks) if name in index_bits else None
+        encoded = _encode_shared(tensor, index_bits[name], context_masks, float16, spec.input_shape) if name in index_bits else None
         if encoded is None:
-            meta, parts, infos = *_encode_raw(tensor, float16_raw), []
+            meta, parts, infos = *_encode_raw(tensor, float16), []
         else:
             meta, parts, infos = encoded
         blob = b"".join(parts)
@@ -206,7 +240,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, index_bit
         offset += len(blob)
     manifest = zlib.compress(json.dumps({"format": "modelpress-compressed", "spec": spec.to_json(), "extra": extra or {},
                                          "tensors": entries}, separators=(",", ":")).encode(), 9)
-    version = (3 if any(entry.get("sparse") == "mask" for entry in entries)
+    version = (5 if any(entry.get("sparse") == "spatial" for entry in entries)
+               else 4 if any(entry.get("centroid_dtype") == "float16" for entry in entries)
+               else 3 if any(entry.get("sparse") == "mask" for entry in entries)
                else 2 if any(entry.get("codebook") == ROW_MAGNITUDES for entry in entries) else 1)
     body = _HEADER.pack(MAGIC, version, FLAG_ZLIB_MANIFEST, len(manifest)) + manifest + b"".join(blobs)
     with atomic_write(path) as tmp:
@@ -261,12 +297,20 @@ def _decode_tensor(entry: dict, blob: bytes) -> torch.Tensor:
         return tensor.reshape(shape).to(getattr(torch, restore)).clone()
     if entry["kind"] != "shared":
         raise ModelFileError(f"unknown tensor kind {entry['kind']!r}")
+    centroid_dtype = {"float32": "<f4", "float16": "<f2"}.get(entry.get("centroid_dtype", "float32"))
+    if centroid_dtype is None:
+        raise ModelFileError(f"unknown centroid dtype {entry['centroid_dtype']!r}")
     sizes = [int(s) for s in entry["parts"]]
-    if sum(sizes) != len(blob) or sizes[0] != 4 * int(entry["centroids"]):
+    if sum(sizes) != len(blob) or sizes[0] != np.dtype(centroid_dtype).itemsize * int(entry["centroids"]):
         raise ModelFileError("part sizes do not add up")
-    centroids = np.frombuffer(blob[: sizes[0]], dtype="<f4")
+    centroids = np.frombuffer(blob[: sizes[0]], dtype=centroid_dtype).astype(np.float32)
     label_blob, index_blob = blob[sizes[0] : sizes[0] + sizes[1]], blob[sizes[0] + sizes[1] :]
-    if entry.get("sparse", "relative") == "mask":
+    if entry.get("sparse", "relative") == "spatial":
+        alphabet = 2 if entry.get("codebook", "values") == ROW_MAGNITUDES else int(entry["centroids"])
+        if len(sizes) != 2:
+            raise ModelFileError("the spatial layout has two parts")
+        labels = decode_spatial_labels(entry, blob[sizes[0] :], shape, alphabet)
+    elif entry.get("sparse", "relative") == "mask":
         labels = decode_masked_labels(entry, label_blob, index_blob, shape)
     elif entry.get("sparse", "relative") == "relative":
         # Every entry (a kept weight or a filler zero) sits at its own position, so at most numel of

@@ -14,7 +14,8 @@ the leading one raw. The probabilities are computed in integers (16-bit fixed po
 encoder and decoder derive bit-identical models on any machine; no floating-point maths the decoder
 would have to repeat exactly.
 
-Blob layout: ``class counts (u32 x classes) | class words (u32) | mantissa bytes | mask words (u32)``.
+Blob layout: ``class counts (u32 x classes) | class words (u32) | mantissa bytes | mask words (u32)``
+(the first three: :func:`encode_counts`, shared with ``spatial.py``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,44 @@ def _gamma_join(classes: np.ndarray, mantissa: bytes) -> np.ndarray:
     return values + lead
 
 
+def encode_counts(row_counts: np.ndarray, col_counts: np.ndarray) -> tuple[dict, bytes]:
+    """The side information of the row x column model: kept counts per row ``(rows,)`` and per column
+    ``(cols,)``, Elias-gamma style. Returns manifest fields and
+    ``class counts (u32 x classes) | class words (u32) | mantissa bytes``."""
+    classes, mantissa = _gamma_split(np.concatenate([row_counts, col_counts]))
+    class_stream = ans.encode(classes, max(2, int(classes.max(initial=0)) + 1))
+    blob = class_stream.counts.astype("<u4").tobytes() + class_stream.words.astype("<u4").tobytes() + mantissa.tobytes()
+    fields = {"classes": int(class_stream.counts.size), "class_words": int(class_stream.words.size),
+              "mantissa_bytes": int(mantissa.size)}
+    return fields, blob
+
+
+def counts_nbytes(fields: dict) -> int:
+    """Bytes of the count blob :func:`encode_counts` described with ``fields`` (untrusted: checked)."""
+    n_classes, class_words, mantissa_bytes = int(fields["classes"]), int(fields["class_words"]), int(fields["mantissa_bytes"])
+    if min(n_classes, class_words, mantissa_bytes) < 0 or n_classes > 64:
+        raise ModelFileError("count stream sizes are out of range")
+    return 4 * n_classes + 4 * class_words + mantissa_bytes
+
+
+def decode_counts(fields: dict, blob: bytes, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Invert :func:`encode_counts` for a ``(rows, cols)`` mask, checking that the counts fit it."""
+    n_classes, class_words = int(fields["classes"]), int(fields["class_words"])
+    if counts_nbytes(fields) != len(blob):
+        raise ModelFileError(f"count stream has {len(blob)} bytes, expected {counts_nbytes(fields)}")
+    ends = np.cumsum([4 * n_classes, 4 * class_words])
+    counts = np.frombuffer(blob[: ends[0]], dtype="<u4")
+    classes = ans.decode(ans.AnsStream(counts, np.frombuffer(blob[ends[0] : ends[1]], dtype="<u4"), rows + cols))
+    if classes.size and classes.max() > 33:
+        raise ModelFileError("a count in the mask stream is out of range")
+    both = _gamma_join(classes, blob[ends[1] :])
+    row_counts, col_counts = both[:rows], both[rows:]
+    if (row_counts > cols).any() or (col_counts > rows).any() or row_counts.sum() != col_counts.sum() \
+            or int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
+        raise ModelFileError("the mask's row and column counts do not fit its shape")
+    return row_counts, col_counts
+
+
 def encode_mask(mask: np.ndarray) -> tuple[dict, bytes, float] | None:
     """Code a boolean mask ``(rows, cols)``.
 
@@ -85,8 +124,7 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, bytes, float] | None:
     row_counts, col_counts = mask.sum(1).astype(np.int64), mask.sum(0).astype(np.int64)
     if int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
         return None
-    classes, mantissa = _gamma_split(np.concatenate([row_counts, col_counts]))
-    class_stream = ans.encode(classes, max(2, int(classes.max(initial=0)) + 1))
+    count_fields, count_blob = encode_counts(row_counts, col_counts)
     cells, p = _probabilities(row_counts, col_counts)
     bits = mask.ravel()[cells].astype(np.int32)
     words = np.zeros(0, dtype=np.uint32)
@@ -95,10 +133,8 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, bytes, float] | None:
         coder.encode_reverse(bits, constriction.stream.model.Bernoulli(perfect=False), p)
         words = coder.get_compressed().astype(np.uint32)
     model_bits = float(-(np.log2(p[bits == 1]).sum() + np.log2(1 - p[bits == 0]).sum())) if bits.size else 0.0
-    blob = (class_stream.counts.astype("<u4").tobytes() + class_stream.words.astype("<u4").tobytes() + mantissa.tobytes()
-            + words.astype("<u4").tobytes())
-    meta = {"codec": CODEC, "classes": int(class_stream.counts.size), "class_words": int(class_stream.words.size),
-            "mantissa_bytes": int(mantissa.size), "words": int(words.size), "nbytes": len(blob)}
+    blob = count_blob + words.astype("<u4").tobytes()
+    meta = {"codec": CODEC, **count_fields, "words": int(words.size), "nbytes": len(blob)}
     return meta, blob, model_bits
 
 
@@ -113,28 +149,18 @@ def decode_mask(meta: dict, blob: bytes, rows: int, cols: int) -> np.ndarray:
 
     if meta.get("codec") != CODEC:
         raise ModelFileError(f"unknown mask codec {meta.get('codec')!r}")
-    n_classes, class_words = int(meta["classes"]), int(meta["class_words"])
-    mantissa_bytes, words = int(meta["mantissa_bytes"]), int(meta["words"])
-    if min(n_classes, class_words, mantissa_bytes, words, rows, cols) < 0 or n_classes > 64:
+    words = int(meta["words"])
+    if min(words, rows, cols) < 0:
         raise ModelFileError("mask stream sizes are out of range")
-    sizes = [4 * n_classes, 4 * class_words, mantissa_bytes, 4 * words]
-    if sum(sizes) != len(blob):
-        raise ModelFileError(f"mask stream has {len(blob)} bytes, its parts need {sum(sizes)}")
-    ends = np.cumsum(sizes)
-    counts = np.frombuffer(blob[: ends[0]], dtype="<u4")
-    classes = ans.decode(ans.AnsStream(counts, np.frombuffer(blob[ends[0] : ends[1]], dtype="<u4"), rows + cols))
-    if classes.size and classes.max() > 33:
-        raise ModelFileError("a count in the mask stream is out of range")
-    both = _gamma_join(classes, blob[ends[1] : ends[2]])
-    row_counts, col_counts = both[:rows], both[rows:]
-    if (row_counts > cols).any() or (col_counts > rows).any() or row_counts.sum() != col_counts.sum() \
-            or int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
-        raise ModelFileError("the mask's row and column counts do not fit its shape")
+    count_bytes = counts_nbytes(meta)
+    if count_bytes + 4 * words != len(blob):
+        raise ModelFileError(f"mask stream has {len(blob)} bytes, its parts need {count_bytes + 4 * words}")
+    row_counts, col_counts = decode_counts(meta, blob[:count_bytes], rows, cols)
     cells, p = _probabilities(row_counts, col_counts)
     mask = np.zeros(rows * cols, dtype=bool)
     if cells.size:
         try:
-            coder = constriction.stream.stack.AnsCoder(np.frombuffer(blob[ends[2] :], dtype="<u4").astype(np.uint32))
+            coder = constriction.stream.stack.AnsCoder(np.frombuffer(blob[count_bytes:], dtype="<u4").astype(np.uint32))
             mask[cells] = coder.decode(constriction.stream.model.Bernoulli(perfect=False), p) != 0
         except Exception as err:  # the Rust decoder reports damage with several exception types
             raise ModelFileError(f"corrupt mask stream: {err}") from None

@@ -37,9 +37,14 @@ def layer_rows(manifest: dict) -> list[dict]:
         # k = rows floats but only three label values: 0, -m_row, +m_row
         symbols = 3 if t.get("codebook") == "row_magnitudes" else k + 1
         weight_bits = max(1, math.ceil(math.log2(symbols)))
-        # the mask layout (version 3) codes positions as a mask instead of gaps; per entry all the same
-        label_bytes, gap_bytes = _stream_bytes(t["labels"]), _stream_bytes(t["gaps"] if "gaps" in t else t["mask"])
-        codebook_bits = 32 * k
+        # the mask layout (version 3) codes positions as a mask instead of gaps, the spatial one (version 5)
+        # both in one stream shared out by code length; per entry all the same
+        if t.get("sparse") == "spatial":
+            label_bytes = int(t["spatial"]["label_bytes"])
+            gap_bytes = int(t["spatial"]["nbytes"]) - label_bytes
+        else:
+            label_bytes, gap_bytes = _stream_bytes(t["labels"]), _stream_bytes(t["gaps"] if "gaps" in t else t["mask"])
+        codebook_bits = (16 if t.get("centroid_dtype") == "float16" else 32) * k
         dense_bits = 32 * numel
         rows.append({
             "layer": t["name"], "weights": numel, "kept_percent": 100.0 * kept / numel,
@@ -96,10 +101,10 @@ BUDGET_HEADERS = ["Part", "Bytes (as written)", "All Huffman", "All ANS", "Entro
 
 def budget_rows(budget: dict) -> list[dict]:
     """:func:`byte_budget` as table rows: the coded streams under each codec, then the fixed parts."""
-    rows = [{"part": "weight labels" if s == "labels" else "positions (relative indices or mask)",
+    rows = [{"part": "weight labels" if s == "labels" else "positions (relative indices, mask or spatial)",
              **{what: budget[f"{s}_{what}"] for what in ("bytes", "huffman", "ans", "entropy")}}
             for s in ("labels", "indices")]
-    for part, key in (("codebooks (float32 centroids)", "codebooks"), ("raw tensors (biases, unshared)", "raw"),
+    for part, key in (("codebooks (centroids)", "codebooks"), ("raw tensors (biases, unshared)", "raw"),
                       ("header, manifest, checksum", "overhead")):
         rows.append({"part": part, **{what: budget[key] for what in ("bytes", "huffman", "ans", "entropy")}})
     rows.append({"part": "file", **{what: sum(r[what] for r in rows) for what in ("bytes", "huffman", "ans", "entropy")}})

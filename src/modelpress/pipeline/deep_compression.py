@@ -20,7 +20,7 @@ from modelpress.data.base import DataSplits
 from modelpress.distill import DistillConfig
 from modelpress.distill.core import DistillationObjective
 from modelpress.distill.teachers import as_teacher
-from modelpress.encode import load_compressed, read_manifest, round_raw_to_float16_, save_compressed
+from modelpress.encode import load_compressed, read_manifest, round_to_float16_, save_compressed
 from modelpress.encode.report import layer_rows
 from modelpress.encode.sparse import check_index_bits
 from modelpress.measure import count_params, evaluate_accuracy, file_bytes
@@ -58,8 +58,8 @@ class DeepCompressionConfig:
             sparsities (``benchmarks/deep_compression.py``).
         context_masks: let the file code a layer's sparsity mask with the row x column context model
             where that is smaller than relative indices (a version-3 file; ``encode/mask.py``).
-        float16_raw: after fine-tuning, round what the file stores raw (biases, normalisation, layers
-            left dense) to float16 values, which the file then holds in 2 bytes each instead of 4.
+        float16: after fine-tuning, round every float the file stores (centroids, biases,
+            normalisation) to float16 values, which the file then holds in 2 bytes each instead of 4.
             The accuracy reported is the rounded model's, as always measured on the file.
     """
 
@@ -73,7 +73,7 @@ class DeepCompressionConfig:
     index_bits_conv: int = 8
     gradual: float | None = None
     context_masks: bool = True
-    float16_raw: bool = False
+    float16: bool = False
 
     def __post_init__(self) -> None:
         if self.prune_steps < 1:
@@ -196,10 +196,10 @@ def deep_compress(model: nn.Module, data: DataSplits, config: DeepCompressionCon
     histograms = {name: (weights, prunable_layers(model)[name].weight_centroids.detach().numpy().copy())
                   for name, weights in before_sharing.items()}
 
-    if config.float16_raw:
-        round_raw_to_float16_(model)
+    if config.float16:
+        round_to_float16_(model)
     stats = save_compressed(model, output, index_bits_fc=config.index_bits_fc, index_bits_conv=config.index_bits_conv,
-                            context_masks=config.context_masks, float16_raw=config.float16_raw,
+                            context_masks=config.context_masks, float16=config.float16,
                             extra={"data": data.name, "reference_accuracy": ref["accuracy"]})
     finalize_(model)
     loaded, _, _ = load_compressed(output)

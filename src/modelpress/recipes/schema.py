@@ -168,7 +168,7 @@ class EncodeStage:
 
     index_bits_fc: int = opt(5, "integer", lo=1, hi=16, tunable=True)
     index_bits_conv: int = opt(8, "integer", lo=1, hi=16, tunable=True)
-    float16_raw: bool = opt(False, "bool")  # biases and other raw tensors rounded to float16: half their bytes
+    float16: bool = opt(False, "bool")  # centroids, biases and every other float rounded to float16: half their bytes
 
 
 @dataclass(frozen=True)

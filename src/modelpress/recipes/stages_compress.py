@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from modelpress.core.seed import seed_everything
-from modelpress.encode import load_compressed, round_raw_to_float16_, save_compressed
+from modelpress.encode import load_compressed, round_to_float16_, save_compressed
 from modelpress.pipeline import DeepCompressionConfig, prune_and_retrain
 from modelpress.prune import PruneConfig, StructuredConfig, sensitivity_sparsity, structured_prune
 from modelpress.quantize import QuantizeConfig, finalize_, quantize_
@@ -67,10 +67,10 @@ def run_encode(options: EncodeStage, ctx: StageContext, source: str | None) -> S
     """Write the Deep Compression file and measure the model read back from it."""
     model = ctx.load(source)
     path = ctx.folder / "model.mpz"
-    if options.float16_raw:
-        round_raw_to_float16_(model)
+    if options.float16:
+        round_to_float16_(model)
     save_compressed(model, path, index_bits_fc=options.index_bits_fc, index_bits_conv=options.index_bits_conv,
-                    float16_raw=options.float16_raw,
+                    float16=options.float16,
                     extra={"data": ctx.splits.name, "recipe": ctx.recipe_name, "stage": ctx.stage_name})
     loaded, _, _ = load_compressed(path)
     return StageOutput(path, loaded.eval())
