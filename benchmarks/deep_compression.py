@@ -643,9 +643,12 @@ def write_markdown(report: dict, out: Path) -> None:
             md += [f"### {name}: where the bytes go ({pick['model']})", "",
                    markdown_table([{k: round(v) if isinstance(v, float) else v for k, v in row.items()}
                                    for row in pick["budget"]], BUDGET_COLUMNS, BUDGET_HEADERS),
-                   "Indices: as written (relative indices or context-coded mask per layer), all relative indices "
-                   "Huffman / ANS, and the floor of the coder as written (for a mask: its bits' ideal code length "
-                   "under the context model, counts excluded).", ""]
+                   "As written: per layer relative indices, the context-coded mask or the spatial layout (positions "
+                   "and labels in one stream, shared out by their code lengths), whichever is smaller. All Huffman / "
+                   "All ANS: every layer's labels and relative indices coded alone. Floor: the ideal code length "
+                   "under the coder as written, its counts excluded: the empirical entropy for streams coded alone, "
+                   "the context model's code length for a mask or a spatial layer (which can beat the labels' "
+                   "entropy, as it sees their neighbours).", ""]
         md += [f"### {name}: per layer, Han's settings", "",
                markdown_table(net["han_layers"],
                               ["layer", "weights", "kept_percent", "weight_bits_pq", "weight_bits_pqh", "index_bits_pq",

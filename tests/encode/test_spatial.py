@@ -112,3 +112,5 @@ def test_broken_spatial_metadata_is_refused(spatial_file):
         decode_spatial_labels({**entry, "spatial": {**entry["spatial"], "codec": "zip"}}, blob, shape, alphabet)
     with pytest.raises(ModelFileError, match="out of range"):
         decode_spatial_labels(entry, blob, shape, 100_000)
+    with pytest.raises(ModelFileError, match="out of range"):  # a crafted shape must not allocate gigabytes
+        decode_spatial(entry["spatial"], blob, 1 << 20, [1, 64, 64], alphabet)

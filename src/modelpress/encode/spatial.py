@@ -37,6 +37,7 @@ from modelpress.encode.streams import StreamInfo
 CODEC = "spatial"
 LABEL_GROUPS = 6
 MAX_ALPHABET = 256  # larger codebooks: the per-context count tables would outgrow what they save
+MAX_CELLS = 1 << 24  # the model holds a few int64 arrays of the weight's size: ~0.7 GB at this limit
 _PRIOR = 8  # weight of the prior (row x column probability; the layer's labels) against a context's counts
 _PATTERNS = 16  # kept-or-not of the four causal neighbours
 _OCTAVES = 17  # bit lengths of the fixed-point row x column probability, 1..16
@@ -121,12 +122,14 @@ def encode_spatial(labels: np.ndarray, rows: int, geometry: list[int], alphabet:
     Returns:
         ``(fields, blob, mask_bits, label_bits)``: manifest fields, the bytes, and the ideal code
         lengths in bits of the positions and of the labels under the model (counts excluded); None
-        where the layout does not apply (shape, alphabet, or counts beyond the fixed-point model).
+        where the layout does not apply (shape, size beyond MAX_CELLS, alphabet, or counts beyond the
+        fixed-point model).
     """
     import constriction
 
     planes, height, width = geometry
-    if alphabet < 1 or alphabet > MAX_ALPHABET or rows < 1 or labels.size != rows * planes * height * width:
+    if not 1 <= alphabet <= MAX_ALPHABET or rows < 1 or labels.size != rows * planes * height * width \
+            or labels.size > MAX_CELLS:
         return None
     grid = np.asarray(labels, dtype=np.int64).reshape(rows, planes, height, width)
     kept = grid > 0
@@ -172,7 +175,8 @@ def decode_spatial(fields: dict, blob: bytes, rows: int, geometry: list[int], al
     if fields.get("codec") != CODEC:
         raise ModelFileError(f"unknown spatial codec {fields.get('codec')!r}")
     planes, height, width = (int(d) for d in geometry)
-    if not 1 <= alphabet <= MAX_ALPHABET or min(rows, planes, height, width) < 1:
+    if not 1 <= alphabet <= MAX_ALPHABET or min(rows, planes, height, width) < 1 \
+            or rows * planes * height * width > MAX_CELLS:
         raise ModelFileError(f"spatial layout with geometry {list(geometry)} and {alphabet} labels is out of range")
     count_bytes, words = counts_nbytes(fields), int(fields["words"])
     if words < 0 or count_bytes + 4 * words != len(blob):
