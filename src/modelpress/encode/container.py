@@ -27,13 +27,13 @@ of the kept weights as a bit mask coded with per-row x per-column probabilities,
 the kept weights only. It is chosen per tensor where it is smaller than relative indices; a file
 in which no tensor uses it is written exactly as before (version 1 or 2).
 
-Version 5 adds the spatial layout (``"sparse": "spatial"``, see ``spatial.py``): positions and
-labels of a convolution's kernels, or of an MLP's first layer on images, coded with the neighbouring
-weights as context. Chosen per tensor where it is smaller.
-
 Version 4 adds codebooks (centroids or row magnitudes) stored in float16 (``"centroid_dtype":
 "float16"``), written on request (``float16=True``) where every value is exact in float16, as after
 :func:`round_to_float16_`.
+
+Version 5 adds the spatial layout (``"sparse": "spatial"``, see ``spatial.py``): positions and
+labels of a convolution's kernels, or of an MLP's first layer on images, coded with the neighbouring
+weights as context. Chosen per tensor where it is smaller.
 """
 
 from __future__ import annotations
