@@ -17,7 +17,7 @@ run of the ladder is reported. Also: Figure 6 (accuracy vs rate for pruning only
 only and both, on LeNet-300-100), the centroid initialisations (linear / density / random), and
 codec speed and bits per symbol beside the entropy.
 
-    python benchmarks/deep_compression.py             # full run, ~90 min on 2 CPU threads with cached pruned models
+    python benchmarks/deep_compression.py             # full run, ~45 min on 2 CPU threads with cached pruned models
     python benchmarks/deep_compression.py --quick     # smoke test on a slice
     python benchmarks/deep_compression.py --codec-only  # redo the codec timings from the cached files
     python benchmarks/deep_compression.py --reuse-figure6 --recode  # a new coder: re-encode the cached files
