@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--index-bits", default="fc=5,conv=8", help="bits per relative sparse index")
     g.add_argument("--no-context-masks", action="store_true",
                    help="store every sparsity pattern as relative indices (readable by older modelpress), not the "
-                        "context-coded mask where that is smaller")
+                        "context-coded mask or spatial layout where that is smaller")
     g.add_argument("--float16", action="store_true",
                    help="round centroids, biases and every other float the file stores to float16 after fine-tuning: "
                         "half their bytes")

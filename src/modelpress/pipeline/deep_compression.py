@@ -57,7 +57,9 @@ class DeepCompressionConfig:
             iterative steps. Beyond the paper; on Fashion-MNIST it kept far more accuracy at Han's
             sparsities (``benchmarks/deep_compression.py``).
         context_masks: let the file code a layer's sparsity mask with the row x column context model
-            where that is smaller than relative indices (a version-3 file; ``encode/mask.py``).
+            (a version-3 file; ``encode/mask.py``) or, for a conv layer or an MLP's first layer on
+            images, positions and labels with their neighbours as context (version 5;
+            ``encode/spatial.py``), where that is smaller than relative indices.
         float16: after fine-tuning, round every float the file stores (centroids, biases,
             normalisation) to float16 values, which the file then holds in 2 bytes each instead of 4.
             The accuracy reported is the rounded model's, as always measured on the file.
