@@ -31,17 +31,20 @@ _ONE = 1 << 16  # fixed point of the probabilities
 _MAX_PRODUCT = 1 << 46  # k_r * k_c * 2^16 must stay inside int64
 
 
+def row_column_prior(row_counts: np.ndarray, col_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The independence model ``k_r * k_c / K`` over a ``(rows, cols)`` mask: each cell's probability of
+    being kept in 16-bit fixed point ``(rows, cols)`` int64 in ``[1, 2^16 - 1]``, and which cells are
+    live ``(rows, cols)`` bool (their row and column keep something; the others are known zeros)."""
+    product = row_counts[:, None].astype(np.int64) * col_counts[None, :].astype(np.int64)
+    return np.clip((product * _ONE) // max(int(row_counts.sum()), 1), 1, _ONE - 1), product > 0
+
+
 def _probabilities(row_counts: np.ndarray, col_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The live cells ``(n,)`` (flat indices where row and column keep something) and their float64
-    probabilities of being kept, exactly representable (multiples of 2^-16 in [2^-16, 1 - 2^-16])."""
-    total = int(row_counts.sum())
-    live_rows, live_cols = np.flatnonzero(row_counts), np.flatnonzero(col_counts)
-    cells = (live_rows[:, None] * col_counts.size + live_cols[None, :]).ravel()
-    if total == 0:
-        return cells, np.zeros(0)
-    product = row_counts[live_rows, None].astype(np.int64) * col_counts[None, live_cols].astype(np.int64)
-    fixed = np.clip((product * _ONE) // total, 1, _ONE - 1).ravel()
-    return cells, fixed.astype(np.float64) / _ONE
+    """The live cells ``(n,)`` (flat indices) and their float64 probabilities of being kept, exactly
+    representable (multiples of 2^-16 in [2^-16, 1 - 2^-16])."""
+    fixed, live = row_column_prior(row_counts, col_counts)
+    cells = np.flatnonzero(live)
+    return cells, fixed.ravel()[cells].astype(np.float64) / _ONE
 
 
 def _gamma_split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,16 +73,20 @@ def _gamma_join(classes: np.ndarray, mantissa: bytes) -> np.ndarray:
     return values + lead
 
 
-def encode_counts(row_counts: np.ndarray, col_counts: np.ndarray) -> tuple[dict, bytes]:
-    """The side information of the row x column model: kept counts per row ``(rows,)`` and per column
-    ``(cols,)``, Elias-gamma style. Returns manifest fields and
-    ``class counts (u32 x classes) | class words (u32) | mantissa bytes``."""
+def encode_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict, bytes] | None:
+    """The side information of the row x column model of a boolean ``(rows, cols)`` mask: its kept
+    counts per row ``(rows,)`` and per column ``(cols,)`` (int64), coded Elias-gamma style; manifest
+    fields and ``class counts (u32 x classes) | class words (u32) | mantissa bytes``. None when the
+    counts are too large for the fixed-point model (a row's count times a column's reaching 2^46)."""
+    row_counts, col_counts = mask.sum(1).astype(np.int64), mask.sum(0).astype(np.int64)
+    if int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
+        return None
     classes, mantissa = _gamma_split(np.concatenate([row_counts, col_counts]))
     class_stream = ans.encode(classes, max(2, int(classes.max(initial=0)) + 1))
     blob = class_stream.counts.astype("<u4").tobytes() + class_stream.words.astype("<u4").tobytes() + mantissa.tobytes()
     fields = {"classes": int(class_stream.counts.size), "class_words": int(class_stream.words.size),
               "mantissa_bytes": int(mantissa.size)}
-    return fields, blob
+    return row_counts, col_counts, fields, blob
 
 
 def counts_nbytes(fields: dict) -> int:
@@ -121,10 +128,10 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, bytes, float] | None:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"the mask must be 2-D (rows, cols); got shape {mask.shape}")
-    row_counts, col_counts = mask.sum(1).astype(np.int64), mask.sum(0).astype(np.int64)
-    if int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
+    counted = encode_counts(mask)
+    if counted is None:
         return None
-    count_fields, count_blob = encode_counts(row_counts, col_counts)
+    row_counts, col_counts, count_fields, count_blob = counted
     cells, p = _probabilities(row_counts, col_counts)
     bits = mask.ravel()[cells].astype(np.int32)
     words = np.zeros(0, dtype=np.uint32)

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from modelpress.core.errors import ModelFileError
-from modelpress.encode.mask import _MAX_PRODUCT, _ONE, counts_nbytes, decode_counts, encode_counts
+from modelpress.encode.mask import _ONE, counts_nbytes, decode_counts, encode_counts, row_column_prior
 from modelpress.encode.streams import StreamInfo
 
 CODEC = "spatial"
@@ -64,10 +64,9 @@ class _Model:
     def __init__(self, row_counts: np.ndarray, col_counts: np.ndarray, geometry: list[int], alphabet: int):
         planes, height, width = geometry
         self.rows, self.planes, self.height, self.width, self.alphabet = row_counts.size, planes, height, width, alphabet
-        total = int(row_counts.sum())
-        product = row_counts[:, None].astype(np.int64) * col_counts[None, :].astype(np.int64)  # (R, cols)
-        self.prior = np.clip((product * _ONE) // max(total, 1), 1, _ONE - 1).reshape(self.rows, planes, height, width)
-        self.live = (product > 0).reshape(self.rows, planes, height, width)
+        prior, live = row_column_prior(row_counts, col_counts)  # (R, cols) each
+        self.prior = prior.reshape(self.rows, planes, height, width)
+        self.live = live.reshape(self.rows, planes, height, width)
         self.octave = np.frexp(self.prior.astype(np.float64))[1].astype(np.int64)  # exact: integers below 2^16
         self.ones = np.zeros((_OCTAVES, _PATTERNS), dtype=np.int64)
         self.zeros = np.zeros((_OCTAVES, _PATTERNS), dtype=np.int64)
@@ -133,11 +132,10 @@ def encode_spatial(labels: np.ndarray, rows: int, geometry: list[int], alphabet:
         return None
     grid = np.asarray(labels, dtype=np.int64).reshape(rows, planes, height, width)
     kept = grid > 0
-    row_counts = kept.reshape(rows, -1).sum(1).astype(np.int64)
-    col_counts = kept.reshape(rows, -1).sum(0).astype(np.int64)
-    if int(row_counts.max(initial=0)) * int(col_counts.max(initial=0)) >= _MAX_PRODUCT:
+    counted = encode_counts(kept.reshape(rows, -1))
+    if counted is None:
         return None
-    count_fields, count_blob = encode_counts(row_counts, col_counts)
+    row_counts, col_counts, count_fields, count_blob = counted
     model = _Model(row_counts, col_counts, geometry, alphabet)
     chunks, mask_bits, label_bits = [], 0.0, 0.0  # (model, symbols, probabilities) in decoding order
     bernoulli, categorical = constriction.stream.model.Bernoulli(perfect=False), constriction.stream.model.Categorical(perfect=False)
