@@ -467,6 +467,30 @@ def codec_speed(path: Path, repeats: int) -> list[dict]:
     return rows
 
 
+def spatial_gain(path: Path, network: str) -> list[dict]:
+    """Bytes of each layer of a compressed file that has a picture to see (conv kernels, an MLP's first
+    layer on images), stored without and with the spatial layout (each the writer's best choice)."""
+    from modelpress.encode.container import _encode_shared
+
+    manifest, _ = read_manifest(path)
+    loaded, spec, _ = load_compressed(path)
+    rows = []
+    for name, module in prunable_layers(loaded).items():
+        entry = next(t for t in manifest["tensors"] if t["name"] == f"{name}.weight")
+        if entry["kind"] != "shared" or geometry_for(tuple(module.weight.shape), spec.input_shape) is None:
+            continue
+        sizes = {}
+        for key, input_shape in (("without", None), ("with", spec.input_shape)):
+            meta, parts, _ = _encode_shared(module.weight.detach(), int(entry["index_bits"]), True,
+                                            entry.get("centroid_dtype") == "float16", input_shape)
+            sizes[key] = sum(map(len, parts))
+            sizes[f"{key}_layout"] = meta.get("sparse", "relative")
+        rows.append({"network": network, "layer": name, "weights": module.weight.numel(), "bytes_without": sizes["without"],
+                     "layout_without": sizes["without_layout"], "bytes_with": sizes["with"],
+                     "layout_with": sizes["with_layout"], "saved_percent": 100 * (1 - sizes["with"] / sizes["without"])})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="fashion-mnist")
@@ -513,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         report["codec"] = [row for name in recipes for row in codec_speed(
             runs / f"{name}-keep1-{RECIPES[name].bits_fc}-{RECIPES[name].bits_conv}.mpz", 3 if args.quick else 7)]
         report["cpu_pressure_after_codec_timing"] = cpu_pressure_line()
+        report["spatial"] = [row for name in recipes for row in spatial_gain(
+            runs / f"{name}-keep1-{RECIPES[name].bits_fc}-{RECIPES[name].bits_conv}.mpz", name)]
         write_json(f"{out}.json", report)
         write_markdown(report, out)
         return 0
@@ -570,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("codec speed")  # last, after the training, so nothing of this run competes with it
     codec_rows = [row for path in han_paths.values() for row in codec_speed(path, 3 if args.quick else 7)]
+    report["spatial"] = [row for name, path in han_paths.items() for row in spatial_gain(path, name)]
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     report.update(table1=table1, init=init_rows, codec=codec_rows, data=data.describe(), machine=machine, seed=args.seed,
                   cpu_pressure_after_codec_timing=cpu_pressure_line(),
@@ -671,6 +698,12 @@ def write_markdown(report: dict, out: Path) -> None:
            "Mask and spatial rows: one symbol = one weight position; bits/symbol is per position (the spatial "
            "coder's labels of the kept weights included); the entropy column is the ideal code length per position "
            "under the coder's context model.", "",
+           *(["## The spatial layout on the Han rows' files (each layer with a picture to see: bytes as the "
+              "writer stores it without the spatial layout, and with it; also redone by `--codec-only`)", "",
+              markdown_table(report["spatial"], ["network", "layer", "weights", "layout_without", "bytes_without",
+                                                 "layout_with", "bytes_with", "saved_percent"],
+                             ["Network", "Layer", "#Weights", "Without: layout", "Without: bytes", "With: layout",
+                              "With: bytes", "Saved (%)"])] if report.get("spatial") else []),
            "Figure 6: `deep_compression_figure6.png`" + (" (reused from the previous run)" if report.get("figure6_reused")
                                                          else "") + "; weight histograms: "
            "`deep_compression_<network>_hist.png`.", "",
