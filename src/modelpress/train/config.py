@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 
 from modelpress.core.config import coerce_enum
+from modelpress.core.options import check_declared, opt, to_dict
 from modelpress.core.errors import ConfigError
 
 
@@ -65,25 +66,30 @@ class TrainConfig:
             gradient before ternarizing (the paper's c = 2.5); ``None`` does not clip (unbiased).
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: OptimizerName = OptimizerName.SGD
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: Schedule = Schedule.COSINE
-    step_size: int = 10
-    gamma: float = 0.5
-    grad_clip: float | None = None
-    max_norm: float | None = None
-    patience: int | None = None
-    restore_best: bool = True
-    jitter: int = 0
-    seed: int = 0
-    grad_compression: GradCompression | None = None
-    powersgd_rank: int = 1
-    powersgd_start_iter: int = 10
-    terngrad_clip: float | None = 2.5
+    epochs: int = opt(10, "integer", lo=1, tunable=True, help="passes over the training split")
+    batch_size: int = opt(128, "integer", lo=1, tunable=True, help="examples per step")
+    optimizer: OptimizerName = opt(OptimizerName.SGD, "choice", choices=OptimizerName, tunable=True)
+    lr: float = opt(0.05, lo=0, lo_open=True, tunable=True, help="initial learning rate")
+    momentum: float = opt(0.9, lo=0, hi=1, hi_open=True, tunable=True, help="SGD momentum")
+    weight_decay: float = opt(0.0, lo=0, tunable=True, help="L2 penalty (decoupled for adamw)")
+    schedule: Schedule = opt(Schedule.COSINE, "choice", choices=Schedule, tunable=True,
+                             help="learning-rate schedule")
+    step_size: int = opt(10, "integer", lo=1, expose=False)
+    gamma: float = opt(0.5, lo=0, hi=1, lo_open=True, expose=False)
+    grad_clip: float | None = opt(None, lo=0, lo_open=True, optional=True, tunable=True,
+                                  help="clip the global gradient norm to this before each step")
+    max_norm: float | None = opt(None, lo=0, lo_open=True, optional=True, tunable=True,
+                                 help="max L2 norm of each unit's incoming weights")
+    patience: int | None = opt(None, "integer", lo=1, optional=True, help="early stopping: epochs without validation gain")
+    restore_best: bool = opt(True, "bool", expose=False)
+    jitter: int = opt(0, "integer", lo=0, tunable=True, metavar="PIXELS", help="shift training images by up to PIXELS")
+    seed: int = opt(0, "integer", lo=0, shared=True, help="seeds shuffling, dropout and jitter")
+    grad_compression: GradCompression | None = opt(
+        None, "choice", choices=GradCompression, optional=True, tunable=True,
+        help="under torchrun: exchange ternary (TernGrad) or low-rank (PowerSGD) gradients, not fp32")
+    powersgd_rank: int = opt(1, "integer", lo=1, tunable=True, help="rank of PowerSGD's gradient factors")
+    powersgd_start_iter: int = opt(10, "integer", lo=2, expose=False)
+    terngrad_clip: float | None = opt(2.5, lo=0, lo_open=True, optional=True, expose=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", coerce_enum(OptimizerName, self.optimizer, "optimizer"))
@@ -108,6 +114,7 @@ class TrainConfig:
             raise ConfigError(f"patience must be at least 1 or None; got {self.patience}")
         if self.jitter < 0:
             raise ConfigError(f"jitter must be >= 0 pixels; got {self.jitter}")
+        check_declared(self)
 
     def _check_compression(self) -> None:
         for name, low in (("powersgd_rank", 1), ("powersgd_start_iter", 2)):
@@ -119,4 +126,4 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         """Plain JSON types (enums as their string values)."""
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+        return to_dict(self)

@@ -1,5 +1,5 @@
 """``modelpress distill-encoder``: TinyBERT-style distillation of a Hugging Face encoder (MiniLM or a local
-folder) on Debian's fortunes, then the side-by-side table (``cli.py`` only lists this module)."""
+folder) on Debian's fortunes, then the side-by-side table (``cli/main.py`` only lists this module)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``modelpress shrink``: structured pruning, low-rank factorization and depthwise-separable blocks, fine-tuned,
-with a before/after report measured side by side (``cli.py`` only parses)."""
+with a before/after report measured side by side (``cli/main.py`` only assembles the parser)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import copy
 
 import torch
 
-from modelpress.commands import _finish, _progress, _say, check_model_fits_data, load_data_from_args
+from modelpress.cli.common import (
+    add_data_args,
+    add_output_args,
+    check_model_fits_data,
+    finish,
+    load_data_from_args,
+    progress,
+    say,
+)
 from modelpress.core.errors import ConfigError
 from modelpress.core.seed import seed_everything
 from modelpress.data import data_metadata
@@ -18,6 +26,49 @@ from modelpress.factorize import FactorizeConfig, factorize_, to_depthwise_separ
 from modelpress.measure import count_flops, count_params, evaluate_accuracy, markdown_table, measure_latency
 from modelpress.prune import StructuredConfig, structured_prune
 from modelpress.train import TrainConfig, train
+
+EPILOG_SHRINK = """examples:
+  modelpress shrink vgg.mpk --data fashion-mnist --channels 0.5 -o vgg.half.mpk       # half the channels, L1 norm
+  modelpress shrink lenet5.mpk --data fashion-mnist --low-rank tucker --flop-budget 0.5 -o lenet5.tucker.mpk
+  modelpress shrink mlp.mpk --data fashion-mnist --low-rank svd --energy 0.9 -o mlp.svd.mpk
+  modelpress shrink vgg.mpk --data fashion-mnist --separable --finetune-epochs 5 -o vgg.sep.mpk
+  modelpress export vgg.half.mpk --onnx vgg.half.int8.onnx --int8 static --data fashion-mnist   # then int8
+"""
+
+
+def register(sub) -> None:
+    """Add ``shrink``."""
+    p = sub.add_parser("shrink", help="structured pruning / low rank / depthwise-separable blocks, fine-tuned",
+                       epilog=EPILOG_SHRINK, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Make a trained model really smaller: remove whole channels and neurons (fixing every "
+                                   "layer that consumes them), factorize layers into thinner ones, or replace convolutions "
+                                   "by depthwise-separable blocks; fine-tune; report accuracy, params, FLOPs and latency "
+                                   "before and after, measured side by side, and say plainly when it is not faster.")
+    p.add_argument("model", metavar="MODEL", help="a trained .mpk model (or .ckpt / .mpz)")
+    g = p.add_argument_group("how")
+    g.add_argument("--channels", type=float, default=None, metavar="FRACTION",
+                   help="structured pruning: remove this fraction of every prunable layer's channels/neurons")
+    g.add_argument("--criterion", choices=["l1", "l2", "apoz", "taylor"], default="l1",
+                   help="channel importance: filter norm, average percentage of zeros, or first-order Taylor (default l1)")
+    g.add_argument("--low-rank", choices=["svd", "tucker", "cp"], default=None,
+                   help="svd: Linear layers into two; tucker: Tucker-2 convolutions (1x1, kxk, 1x1); cp: CP convolutions")
+    g.add_argument("--energy", type=float, default=0.9, help="low rank: keep this fraction of squared singular values")
+    g.add_argument("--flop-budget", type=float, default=None, help="low rank: instead, keep at most this fraction of the FLOPs")
+    g.add_argument("--separable", action="store_true",
+                   help="replace 3x3 convolutions by depthwise-separable blocks, then distil from the original")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--finetune-epochs", type=int, default=3)
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the gradient norm while fine-tuning (default 1; CP factors diverge without it)")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--no-latency", action="store_true", help="skip the side-by-side latency measurement")
+    add_data_args(p)
+    add_output_args(p)
+    p.set_defaults(handler=cmd_shrink)
+
 
 
 def cmd_shrink(args: argparse.Namespace) -> dict:
@@ -44,24 +95,24 @@ def cmd_shrink(args: argparse.Namespace) -> dict:
         report = to_depthwise_separable_(model, example_input=example)
         steps.append(f"depthwise-separable: {len(report.layers)} convolutions replaced")
     for line in steps:
-        _say(args, line)
+        say(args, line)
     seed_everything(args.seed)
     config = TrainConfig(epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          grad_clip=args.grad_clip)
     if args.finetune_epochs:
         if args.separable:  # new blocks start far from the original: learn from it, not only from the labels
             distill(model, original, splits, DistillConfig(temperature=4.0, alpha=0.9, train=config),
-                    checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=_progress(args))
+                    checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=progress(args))
         else:
             train(model, splits, config, checkpoint_path=f"{args.output}.ckpt", resume=args.resume,
-                  progress=_progress(args), description="fine-tune")
+                  progress=progress(args), description="fine-tune")
     comparison = compare(original, model, splits, latency=not args.no_latency)
     if not args.json:
         print(markdown_table(comparison["rows"], list(comparison["rows"][0])), end="")
         print(comparison["verdict"])
     extra = {"data": data_metadata(splits), "method": "shrink", "source": str(args.model), "steps": steps,
              "finetune": config.to_json()}
-    return _finish(args, model, splits, extra) | {"comparison": comparison}
+    return finish(args, model, splits, extra) | {"comparison": comparison}
 
 
 def compare(original: torch.nn.Module, shrunk: torch.nn.Module, splits, *, latency: bool = True) -> dict:

@@ -1,4 +1,4 @@
-"""``modelpress run``, ``report`` and ``tune``: recipe files run, reported and searched (``cli.py`` only parses)."""
+"""``modelpress run``, ``report`` and ``tune``: recipe files run, reported and searched (``cli/main.py`` only assembles the parser)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ EPILOG = """examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``codistill`` sub-command."""
-    from modelpress.cli import _add_data_args, _add_output_args, _add_train_args
+    from modelpress.cli.common import add_data_args, add_output_args, add_train_args
 
     p = sub.add_parser("codistill", help="codistillation across torchrun processes, each training its own model",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--burn-in", type=int, default=None, metavar="STEPS",
                    help="steps of labels only before the first exchange (default one epoch)")
     g.add_argument("--exchange-every", type=int, default=1, metavar="STEPS", help="exchange predictions every STEPS steps")
-    _add_data_args(p)
-    _add_train_args(p)
-    _add_output_args(p)
+    add_data_args(p)
+    add_train_args(p)
+    add_output_args(p)
     p.set_defaults(handler=cmd_codistill)
 
 
@@ -51,23 +51,23 @@ def rank_path(output: str | Path, rank: int) -> Path:
 
 def cmd_codistill(args: argparse.Namespace) -> dict | None:
     """Train this rank's model by codistillation, save it, and (rank 0) report every rank's accuracy."""
-    from modelpress.commands import _progress, _say, load_data_from_args, train_config_from_args
-    from modelpress.data import data_metadata
+    from modelpress.cli.common import load_data_from_args, progress, say, train_config_from_args
     from modelpress.core.errors import ConfigError
+    from modelpress.data import data_metadata
     from modelpress.distributed.codistill import CodistillConfig, codistill, peer_predictions
     from modelpress.models import build_model, save_model
 
-    if args.grad_compression is not None:
+    if getattr(args, "grad_compression", None) is not None:
         raise ConfigError("--grad-compression is for data-parallel training; codistillation averages no gradients")
     splits = load_data_from_args(args)
-    _say(args, f"data: {splits.describe()}")
+    say(args, f"data: {splits.describe()}")
     train_config = train_config_from_args(args)
     burn_in = args.burn_in if args.burn_in is not None else math.ceil(len(splits.y_train) / train_config.batch_size)
     config = CodistillConfig(temperature=args.temperature, weight=args.weight, burn_in_steps=burn_in,
                              exchange_every=args.exchange_every, train=train_config)
     options = {"dropout": args.dropout} if args.dropout is not None else {}
     out = codistill(lambda: build_model(args.model, splits.input_shape, splits.num_classes, **options), splits, config,
-                    checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=_progress(args))
+                    checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=progress(args))
     path = rank_path(args.output, out.rank)
     save_model(out.model, path, extra={"data": data_metadata(splits), "method": "codistill", "train": train_config.to_json(),
                                        "rank": out.rank, "world_size": out.world_size,
@@ -82,7 +82,7 @@ def cmd_codistill(args: argparse.Namespace) -> dict | None:
     accuracies = [float((p == y).float().mean()) for p in preds]
     ensemble = float((logits.softmax(-1).mean(0).argmax(-1) == y).float().mean())
     agreement = float((preds == preds[0]).all(0).float().mean())
-    _say(args, f"saved {out.world_size} models ({path} ...): test accuracy per rank "
+    say(args, f"saved {out.world_size} models ({path} ...): test accuracy per rank "
                f"{', '.join(f'{a:.4f}' for a in accuracies)}; ensemble {ensemble:.4f}; all agree on {agreement:.1%}")
     return {"outputs": [str(rank_path(args.output, r)) for r in range(out.world_size)], "rank_accuracies": accuracies,
             "ensemble_accuracy": ensemble, "agreement": agreement, "exchanges": out.exchanges,
