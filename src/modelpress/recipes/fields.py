@@ -1,7 +1,7 @@
 """Typed recipe fields: what each option of a stage accepts, and the tunable form ``{tune: ...}``.
 
 A stage's options are a frozen dataclass whose fields carry an :class:`Opt` in their metadata
-(:func:`opt`). :func:`parse_options` turns a YAML mapping into that dataclass, checking every value
+(:func:`opt`, declared once in :mod:`modelpress.core.options`; nested configs are flattened). :func:`parse_options` turns a YAML mapping into that dataclass, checking every value
 against its :class:`Opt` and naming the field, what it expects and what it got. A field marked
 tunable may instead hold a :class:`Tunable`: ``{tune: [lo, hi], log: true}`` (a range: exactly two
 numbers), ``{tune: [4, 5, 6]}`` (three or more values: a choice) or ``{choices: [a, b]}`` (any
@@ -12,94 +12,13 @@ middle of the range or choice list); ``modelpress tune`` samples.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import REQUIRED, Opt, build, flat_fields, opt
 
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-@dataclass(frozen=True)
-class Opt:
-    """What one field accepts.
-
-    Args:
-        type: ``number``, ``integer``, ``text``, ``bool`` or ``choice`` (one of ``choices``).
-        lo, hi: bounds of numbers and integers (``None``: unbounded); ``lo_open`` / ``hi_open`` exclude them.
-        optional: ``null`` (None) is accepted too.
-        tunable: ``tune`` may search it.
-        help: what the value means, shown when a required field is missing.
-    """
-
-    type: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: tuple = ()
-    optional: bool = False
-    tunable: bool = False
-    help: str = ""
-
-    def describe(self) -> str:
-        """What is expected, in words: ``a number in [0, 1)``, ``one of: sgd, adam``, ..."""
-        if self.type == "choice":
-            text = "one of: " + ", ".join(str(c) for c in self.choices)
-        elif self.type == "bool":
-            text = "true or false"
-        elif self.type == "text":
-            text = "a text" + (f" ({self.help})" if self.help else "")
-        else:
-            noun = "a number" if self.type == "number" else "an integer"
-            if self.lo is not None and self.hi is not None:
-                text = f"{noun} in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
-            elif self.lo is not None:
-                text = f"{noun} {'>' if self.lo_open else '>='} {_num(self.lo)}"
-            elif self.hi is not None:
-                text = f"{noun} {'<' if self.hi_open else '<='} {_num(self.hi)}"
-            else:
-                text = noun
-        return text + (" or null" if self.optional else "")
-
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` (already parsed from YAML) is acceptable as it is."""
-        if value is None:
-            return self.optional
-        if self.type == "bool":
-            return isinstance(value, bool)
-        if self.type == "text":
-            return isinstance(value, str) and bool(value.strip())
-        if self.type == "choice":
-            return any(value == c and type(value) is type(c) for c in self.choices)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.type == "integer" and not isinstance(value, int):
-            return False
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-            return False
-        return not (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
-
-    def coerce(self, value: Any) -> Any:
-        """An accepted value in its field's Python type (integers given for a number become floats)."""
-        return float(value) if self.type == "number" and value is not None else value
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def opt(default: Any = REQUIRED, type: str = "number", **kwargs) -> Any:
-    """A dataclass field whose metadata holds an :class:`Opt` (``default=REQUIRED``: must be given)."""
-    return field(default=default, metadata={"opt": Opt(type, **kwargs)})
+__all__ = ["REQUIRED", "Opt", "Tunable", "is_tunable_form", "opt", "parse_options", "parse_tunable"]
 
 
 @dataclass(frozen=True)
@@ -178,16 +97,16 @@ def parse_options(cls: type, raw: dict, where: str, *, skip: tuple[str, ...] = (
         ConfigError: an unknown or missing field, a value of the wrong type or range, or a rule of
             ``cls.__post_init__`` broken; the message starts with ``where`` and names the field.
     """
-    known = {f.name: f for f in fields(cls)}
+    known = {item.name: item for item in flat_fields(cls)}
     unknown = sorted(set(raw) - set(known) - set(skip))
     if unknown:
         raise ConfigError(f"{where} unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
     values, tunables = {}, {}
-    for name, f in known.items():
-        o: Opt = f.metadata["opt"]
+    for name, item in known.items():
+        o: Opt = item.opt
         here = f"{where} field {name!r}"
         if name not in raw:
-            if f.default is REQUIRED or f.default is MISSING:
+            if item.required:
                 raise ConfigError(f"{here} is required: {o.describe()}")
             continue
         value = raw[name]
@@ -196,8 +115,8 @@ def parse_options(cls: type, raw: dict, where: str, *, skip: tuple[str, ...] = (
             value = tunables[name].default
         elif not o.accepts(value):
             raise ConfigError(f"{here} must be {o.describe()}, got {value!r}")
-        values[name] = o.coerce(value)
+        values[name] = value
     try:
-        return cls(**values), tunables
+        return build(cls, values), tunables
     except ConfigError as err:
         raise ConfigError(f"{where} {err}") from None
