@@ -33,11 +33,11 @@ import torch
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from modelpress.data.tabular import SKLEARN_SETS
-from modelpress.distill.mimic import MimicMLPClassifier
-from modelpress.distill.proba_teacher import make_builtin_teacher
+from modelpress.tabular.mimic import MimicMLPClassifier
+from modelpress.tabular.proba_teacher import make_builtin_teacher
 from modelpress.measure import markdown_table, write_json
 from modelpress.measure.estimators import compare_classifiers
-from modelpress.trees import BornAgainTreeClassifier, fit_cart
+from modelpress.tabular.trees import BornAgainTreeClassifier, fit_cart
 
 RESULTS = Path(__file__).parent / "results"
 TEACHERS = {"RF": "random_forest", "GB": "gradient_boosting"}

@@ -129,7 +129,7 @@ class Forms:
         # fresh depthwise/pointwise pairs take large first steps: LeNet-5's diverged at lr 0.05 without clipping
         config = DistillConfig(temperature=4.0, alpha=0.9,
                                train=self.config(self.setup.separable_epochs, self.setup.lr, grad_clip=1.0))
-        return distill(student, self.original, self.splits, config, progress=False, log=log)
+        return distill(student, self.original, self.splits, config, progress=False, log=log).student
 
     def low_bit(self, kind: str) -> Path:
         """Binary (BWN, per-layer mean scale) or ternary (TWN) weights trained from the original, in a .mpz file."""

@@ -208,13 +208,13 @@ def method_rows(bench: Bench, arch: str, options: dict, epochs: int, seed: int) 
 
     return {
         "alone": alone,
-        "hinton": lambda: distill(fresh(), stored, splits, kd, progress=False),
+        "hinton": lambda: distill(fresh(), stored, splits, kd, progress=False).student,
         "logits": lambda: distill(fresh(), stored, splits, replace(kd, method="logits", alpha=1.0, train=replace(
-            tc, optimizer="adam", lr=1e-3)), progress=False),
+            tc, optimizer="adam", lr=1e-3)), progress=False).student,
         "fitnets": hints,
         "attention": attention,
         "FSP": fsp,
-        "early-stopped KD": lambda: distill(fresh(), stored, splits, replace(kd, kd_epochs=max(1, epochs // 2)), progress=False),
+        "early-stopped KD": lambda: distill(fresh(), stored, splits, replace(kd, kd_epochs=max(1, epochs // 2)), progress=False).student,
         "teacher assistant": assistant,
         "mutual learning": mutual,
     }
@@ -273,7 +273,7 @@ def shallow_table(bench: Bench) -> list[dict]:
                     train(model, splits, tc, progress=False, log=log)
                     return model
                 config = DistillConfig(method="logits", alpha=1.0, train=replace(tc, optimizer="adam", lr=1e-3))
-                return distill(model, StoredTeacher(bench.store), splits, config, progress=False)
+                return distill(model, StoredTeacher(bench.store), splits, config, progress=False).student
 
             runs = [bench.run(f"shallow {mode}", arch, seed, lambda seed=seed, make=make: make(seed)) for seed in s.seeds]
             stats = summarise(runs)

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 
 from modelpress.data.text import load_fortunes
-from modelpress.distill.text_io import load_student, save_student
-from modelpress.distill.text_task import compare_text_models, distill_encoder, fit_linear_head, train_with_labels
-from modelpress.distill.tinybert import TinyBERTConfig
-from modelpress.distill.transformer import Encoder, TextClassifier, load_encoder, make_student
+from modelpress.text.text_io import load_student, save_student
+from modelpress.text.text_task import compare_text_models, distill_encoder, fit_linear_head, train_with_labels
+from modelpress.text.tinybert import TinyBERTConfig
+from modelpress.text.transformer import Encoder, TextClassifier, load_encoder, make_student
 from modelpress.measure import markdown_table, write_json
 from modelpress.train import TrainConfig
 

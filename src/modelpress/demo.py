@@ -109,7 +109,7 @@ def distill_student(splits: DataSplits, teacher, recipe: HintonRecipe, *, method
     config = DistillConfig(method=method, temperature=temperature or recipe.temperature,
                            alpha=recipe.alpha if alpha is None else alpha,
                            train=replace(recipe.student_train, **train_overrides))
-    return distill(student, source, splits, config, progress=progress, log=log)
+    return distill(student, source, splits, config, progress=progress, log=log).student
 
 
 def measure_row(name: str, model: nn.Module, splits: DataSplits, path: Path, seconds: float) -> dict:

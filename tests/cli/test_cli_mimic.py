@@ -11,7 +11,7 @@ from sklearn.datasets import make_classification
 
 from modelpress.cli import main
 from modelpress.export import load_onnx
-from modelpress.trees import load_tree
+from modelpress.tabular.trees import load_tree
 
 
 @pytest.fixture

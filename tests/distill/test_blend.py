@@ -127,7 +127,7 @@ def test_blend_distils_the_chosen_mixture_into_a_cnn(mnist1d_members):
     assert result.student is student and result.choice.gamma in (0.0, 0.5, 1.0)
     assert result.choice == choose_gamma(lstm, cnn, splits.x_val, splits.y_val, (0.0, 0.5, 1.0))
     assert result.teacher.weights.tolist() == pytest.approx([result.choice.gamma, 1 - result.choice.gamma])
-    assert student.distill_result.epochs_run == 1 and any("gamma" in line for line in lines)
+    assert result.train.epochs_run == 1 and any("gamma" in line for line in lines)
 
     fixed = blend(build_model("cnn1d:8-8", (40,), 10), lstm, cnn, splits, BlendConfig(gamma=0.7, distill=config.distill),
                   progress=False)

@@ -137,9 +137,9 @@ def test_fitnets_runs_both_stages_and_leaves_the_teacher_unchanged(splits):
     teacher_before = _state(teacher)
     kd = DistillConfig(alpha=0.5, temperature=2.0, train=TrainConfig(epochs=2, batch_size=32, lr=0.05))
     out = fitnets(student, teacher, splits, HintConfig("1", "features.2", stage1=STAGE, kd=kd), progress=False)
-    assert out is student and not student.training
-    assert student.hint_result.epochs_run == 3 and student.distill_result.epochs_run == 2
-    assert "val_accuracy" in student.distill_result.history[-1]
+    assert out.student is student and not student.training
+    assert out.hint_result.epochs_run == 3 and out.distill_result.epochs_run == 2
+    assert "val_accuracy" in out.distill_result.history[-1]
     assert _same(teacher_before, _state(teacher))
 
 
@@ -158,14 +158,15 @@ class _CrashAt:
 def test_fitnets_resumed_in_stage_two_gives_the_same_weights(splits, tmp_path):
     kd = DistillConfig(alpha=0.5, temperature=2.0, train=TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=2))
     config = HintConfig("1", "features.2", stage1=TrainConfig(epochs=2, batch_size=32, lr=0.05), kd=kd)
-    full = fitnets(_student(), _teacher(), splits, config, progress=False)
+    full = fitnets(_student(), _teacher(), splits, config, progress=False).student
 
     ckpt = tmp_path / "fit.ckpt"
     with pytest.raises(KeyboardInterrupt):
         fitnets(_student(), _teacher(), splits, config, checkpoint_path=ckpt, progress=False, callbacks=[_CrashAt(3)])
     assert load_checkpoint(f"{ckpt}.stage1")["epoch"] == 2 and load_checkpoint(f"{ckpt}.stage2")["epoch"] == 1
-    resumed = fitnets(_student(seed=99), _teacher(), splits, config, checkpoint_path=ckpt, resume=True, progress=False)
-    assert resumed.distill_result.resumed_from_epoch == 1
+    resumed_run = fitnets(_student(seed=99), _teacher(), splits, config, checkpoint_path=ckpt, resume=True, progress=False)
+    resumed = resumed_run.student
+    assert resumed_run.distill_result.resumed_from_epoch == 1
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -196,10 +197,10 @@ def test_attention_transfer_lowers_the_attention_loss_with_automatic_pairs(split
     # restore_best off: the assertion is about what the AT objective did, not which epoch validated best
     train_config = TrainConfig(epochs=3, batch_size=32, lr=0.01, restore_best=False)
     config = AttentionConfig(beta=1000.0, kd=DistillConfig(alpha=0.0, train=train_config))
-    attention_transfer(student, teacher, splits, config, progress=False)
+    out = attention_transfer(student, teacher, splits, config, progress=False)
     with torch.no_grad():
         end = probe.transfer_losses(student, x)[0]
-    assert student.attention_pairs == tuple(pairs)
+    assert out.pairs == tuple(pairs)
     assert end < 0.5 * start
     assert _same(teacher_before, _state(teacher))
 
@@ -263,9 +264,9 @@ def test_fsp_distill_runs_both_stages_and_keeps_the_teacher(splits):
     student, teacher = _student(), _teacher()
     teacher_before = _state(teacher)
     config = FSPConfig(**FSP_PAIRS, stage1=FSP_STAGE, stage2=TrainConfig(epochs=2, batch_size=32, lr=0.05))
-    fsp_distill(student, teacher, splits, config, progress=False)
-    assert student.fsp_result.history[0]["train_loss"] > student.fsp_result.history[-1]["train_loss"]
-    assert student.distill_result.epochs_run == 2 and "val_accuracy" in student.distill_result.history[0]
+    out = fsp_distill(student, teacher, splits, config, progress=False)
+    assert out.fsp_result.history[0]["train_loss"] > out.fsp_result.history[-1]["train_loss"]
+    assert out.distill_result.epochs_run == 2 and "val_accuracy" in out.distill_result.history[0]
     assert _same(teacher_before, _state(teacher))
 
 

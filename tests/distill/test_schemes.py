@@ -112,15 +112,16 @@ def test_after_kd_epochs_the_loss_is_plain_cross_entropy(tiny_splits):
 def test_early_stopped_kd_resumed_across_the_switch_matches_an_uninterrupted_run(tiny_splits, tmp_path):
     teacher = _teacher(tiny_splits)
     config = _config(3, kd_epochs=1)
-    full = distill(_mlp(tiny_splits), teacher, tiny_splits, config, progress=False)
+    full = distill(_mlp(tiny_splits), teacher, tiny_splits, config, progress=False).student
     ckpt = tmp_path / "eskd.ckpt"
     with pytest.raises(KeyboardInterrupt):
         distill(_mlp(tiny_splits), teacher, tiny_splits, config, checkpoint_path=ckpt, progress=False, callbacks=[_CrashAfter(1)])
     counting = _Counting(teacher)
     counter = _CallsPerEpoch(counting)
-    resumed = distill(_mlp(tiny_splits, seed=99), counting, tiny_splits, config, checkpoint_path=ckpt, resume=True,
+    resumed_run = distill(_mlp(tiny_splits, seed=99), counting, tiny_splits, config, checkpoint_path=ckpt, resume=True,
                       progress=False, callbacks=[counter])
-    assert resumed.distill_result.resumed_from_epoch == 1
+    resumed = resumed_run.student
+    assert resumed_run.train.resumed_from_epoch == 1
     assert counter.per_epoch == [0, 0]  # the resumed objective knows it is past kd_epochs
     assert _same_weights(full, resumed)
 

@@ -121,7 +121,7 @@ def test_module_and_stored_teacher_give_identical_students(tiny_splits):
     for source in (teacher, precompute_teacher(teacher, tiny_splits.x_train)):
         torch.manual_seed(1)
         student = build_model("mlp:16", tiny_splits.input_shape, tiny_splits.num_classes)
-        students.append(distill(student, source, tiny_splits, config, progress=False))
+        students.append(distill(student, source, tiny_splits, config, progress=False).student)
     for a, b in zip(students[0].parameters(), students[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

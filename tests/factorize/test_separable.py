@@ -83,8 +83,7 @@ def test_distilling_the_separable_student_from_its_teacher(tiny_splits):
     student = separable_student(teacher, example_input=tiny_splits.x_train[:64])
     before = student.features[2][0][3].weight.detach().clone()
     config = DistillConfig(temperature=2.0, train=TrainConfig(epochs=2, batch_size=64, lr=0.02, restore_best=False))
-    distill(student, teacher, tiny_splits, config, progress=False)
-    history = student.distill_result.history
+    history = distill(student, teacher, tiny_splits, config, progress=False).train.history
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) for h in history)
     assert not torch.equal(before, student.features[2][0][3].weight)
     assert isinstance(teacher.features[2][0], nn.Conv2d)

@@ -104,3 +104,14 @@ def test_damaged_or_foreign_model_files_are_rejected(tmp_path):
         load_model(tmp_path / "missing.mpk")
     with pytest.raises(ModelFileError, match="no architecture spec"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "x.mpk")
+
+
+def test_built_in_models_are_listed_in_one_table():
+    """Every built-in architecture is in ``BUILT_IN_MODELS`` and registered from it (no import side effect)."""
+    from modelpress.models import sequence
+    from modelpress.models.zoo import BUILT_IN_MODELS
+
+    assert set(BUILT_IN_MODELS) <= set(MODELS.names())
+    assert {"lstm", "gru", "cnn1d", "mlp", "lenet5"} <= set(BUILT_IN_MODELS)
+    assert all(MODELS.get(name) is builder for name, builder in BUILT_IN_MODELS.items())
+    assert not hasattr(sequence, "MODELS")  # sequence.py no longer reaches back into the zoo

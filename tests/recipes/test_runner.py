@@ -192,7 +192,7 @@ def test_distill_structured_prune_factorize_and_onnx_stages(tmp_path):
 
 def test_tree_stages_from_an_ensemble_and_from_an_earlier_network(tmp_path):
     """ensemble -> tree: a born-again tree saved as JSON, measured like any stage (nodes for params)."""
-    from modelpress.trees import load_tree
+    from modelpress.tabular.trees import load_tree
 
     raw = {"data": {"name": "digits", "limit": 300, "limit_test": 120}, "measure": {"latency": True},
            "stages": [{"kind": "tree", "name": "forest-tree", "n_synthetic": 400, "max_leaf_nodes": 24},

@@ -14,10 +14,11 @@ from modelpress.cli.common import (
     progress,
     say,
 )
+from modelpress.cli.options import add_options, options_from_args
 from modelpress.core.errors import ConfigError
 from modelpress.core.io import atomic_write
+from modelpress.core.options import flat_fields
 from modelpress.core.seed import seed_everything
-from modelpress.distill import DistillConfig
 from modelpress.encode import read_manifest
 from modelpress.encode.report import (
     BUDGET_COLUMNS,
@@ -31,10 +32,8 @@ from modelpress.encode.report import (
 from modelpress.measure import markdown_table, write_json
 from modelpress.measure.plots import plot_weight_histograms
 from modelpress.models import read_model_file
-from modelpress.pipeline import DeepCompressionConfig, deep_compress
-from modelpress.prune import PruneConfig, sensitivity_sparsity
-from modelpress.quantize import QuantizeConfig
-from modelpress.train import TrainConfig
+from modelpress.pipeline import CompressConfig, deep_compress
+from modelpress.prune import sensitivity_sparsity
 
 EPILOG_COMPRESS = """examples:
   modelpress compress lenet300.mpk --data fashion-mnist --sparsity 0.92 --bits fc=5 -o lenet300.mpz
@@ -51,36 +50,18 @@ def register(sub) -> None:
                                    "Huffman/ANS-code a trained model; writes OUT.mpz and OUT.report.md/.json/.png.")
     p.add_argument("model", metavar="MODEL", help="a trained .mpk model")
     g = p.add_argument_group("pruning")
-    how = g.add_mutually_exclusive_group()
-    how.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed (default 0.9)")
-    how.add_argument("--quality", type=float, default=None, help="Han et al.'s threshold: remove |w| <= quality x std")
-    g.add_argument("--criterion", choices=["magnitude", "global", "sensitivity"], default="magnitude",
-                   help="with --sparsity: per-layer (magnitude), one threshold for all layers (global), or the "
-                        "kept weights spread over the layers by a sensitivity scan on the validation split")
-    g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning in N steps (default 1)")
-    g.add_argument("--retrain-epochs", type=int, default=5, help="retraining epochs after each pruning step")
-    g.add_argument("--retrain-lr", type=float, default=0.01)
-    g.add_argument("--gradual", type=float, default=None, metavar="FRACTION",
-                   help="prune gradually within one retraining run of --retrain-epochs, reaching the targets after "
-                        "this fraction of it (Zhu & Gupta's ramp) instead of in --prune-steps steps")
-    g.add_argument("--batch-size", type=int, default=128, help="batch size of retraining and fine-tuning")
+    add_options(g.add_mutually_exclusive_group(), CompressConfig, skip=_all_but("sparsity", "quality"),
+                overrides={"sparsity": {"help": "fraction of weights removed (default 0.9)"}})
+    add_options(g, CompressConfig, skip=_all_but(*PRUNING_FLAGS),
+                overrides={"criterion": {"choices": ["magnitude", "global", "sensitivity"]}})
     g = p.add_argument_group("quantization and coding")
-    g.add_argument("--bits", default="fc=5,conv=8", help="bits per shared weight (default fc=5,conv=8)")
-    g.add_argument("--init", choices=["linear", "density", "random"], default="linear", help="centroid initialisation")
-    g.add_argument("--finetune-epochs", type=int, default=3, help="centroid fine-tuning epochs (0: none)")
-    g.add_argument("--finetune-lr", type=float, default=1e-4, help="Adam learning rate of the centroids")
-    g.add_argument("--index-bits", default="fc=5,conv=8", help="bits per relative sparse index")
-    g.add_argument("--no-context-masks", action="store_true",
-                   help="store every sparsity pattern as relative indices (readable by older modelpress), not the "
-                        "context-coded mask or spatial layout where that is smaller")
-    g.add_argument("--float16", action="store_true",
-                   help="round centroids, biases and every other float the file stores to float16 after fine-tuning: "
-                        "half their bytes")
+    g.add_argument("--bits", default=argparse.SUPPRESS, metavar="fc=N,conv=N",
+                   help="bits per shared weight (default fc=5,conv=8)")
+    g.add_argument("--index-bits", default=argparse.SUPPRESS,
+                   metavar="fc=N,conv=N", help="bits per relative sparse index (default fc=5,conv=8)")
+    add_options(g, CompressConfig, skip=_all_but(*CODING_FLAGS))
     g = p.add_argument_group("retraining against the uncompressed model (beyond the paper)")
-    g.add_argument("--self-distill", action="store_true",
-                   help="retrain and fine-tune with the uncompressed model's soft targets as well as the labels")
-    g.add_argument("--temperature", type=float, default=2.0, help="with --self-distill (default 2)")
-    g.add_argument("--alpha", type=float, default=0.9, help="with --self-distill: weight of the soft targets (default 0.9)")
+    add_options(g, CompressConfig, skip=_all_but("self_distill", "temperature", "alpha"))
     g.add_argument("--teacher", action="append", default=[], metavar="MODEL",
                    help="with --self-distill: also learn from this trained model (repeat for several); the soft targets "
                         "are those of the ensemble of MODEL and these, e.g. other trainings of it")
@@ -97,11 +78,20 @@ def register(sub) -> None:
 
 
 
+PRUNING_FLAGS = ("criterion", "steps", "retrain_epochs", "retrain_lr", "grad_clip", "gradual", "batch_size")
+CODING_FLAGS = ("init", "finetune_epochs", "finetune_lr", "context_masks", "float16")
+
+
+def _all_but(*names: str) -> tuple[str, ...]:
+    """The options of :class:`CompressConfig` other than ``names`` (``--seed`` is a data flag)."""
+    return tuple(item.name for item in flat_fields(CompressConfig) if item.name not in names)
+
+
 def parse_layer_bits(text: str, option: str) -> dict[str, int]:
-    """``"fc=5,conv=8"`` -> ``{"fc": 5, "conv": 8}``; a bare number applies to both."""
+    """``"fc=5,conv=8"`` -> ``{"fc": 5, "conv": 8}``; a bare number applies to both, a key left out keeps its default."""
     if text.strip().isdigit():
         return {"fc": int(text), "conv": int(text)}
-    result = {"fc": 5, "conv": 8}
+    result = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         if key.strip() not in ("fc", "conv") or not value.strip().isdigit():
@@ -110,31 +100,36 @@ def parse_layer_bits(text: str, option: str) -> dict[str, int]:
     return result
 
 
+def _layer_bits(args: argparse.Namespace, option: str, field: str) -> dict[str, int]:
+    """``--bits fc=5,conv=8`` as the config fields ``bits_fc`` / ``bits_conv`` (only the keys given)."""
+    text = getattr(args, option.lstrip("-").replace("-", "_"), None)
+    if text is None:
+        return {}
+    return {f"{field}_{key}": bits for key, bits in parse_layer_bits(text, option).items()}
+
+
+def compress_config_from_args(args: argparse.Namespace) -> CompressConfig:
+    """The :class:`CompressConfig` of the flags given (the rest at its defaults) and ``--seed``.
+
+    Raises:
+        ConfigError: ``--criterion`` other than magnitude with ``--quality``, or a value the config refuses.
+    """
+    criterion = getattr(args, "criterion", None)
+    if hasattr(args, "quality") and criterion not in (None, "magnitude"):
+        raise ConfigError(f"--criterion {criterion} goes with --sparsity; --quality is Han's threshold criterion")
+    extra = {"seed": args.seed} | _layer_bits(args, "--bits", "bits") | _layer_bits(args, "--index-bits", "index_bits")
+    if hasattr(args, "quality"):
+        extra["criterion"] = "threshold"
+    return options_from_args(CompressConfig, args, **extra)
+
+
 def cmd_compress(args: argparse.Namespace) -> dict:
     """``modelpress compress``: the three Deep Compression stages, the file, and its report."""
-    if args.quality is not None and args.criterion != "magnitude":
-        raise ConfigError(f"--criterion {args.criterion} goes with --sparsity; --quality is Han's threshold criterion")
-    if args.teacher and not args.self_distill:
+    options = compress_config_from_args(args)
+    if args.teacher and not options.self_distill:
         raise ConfigError("--teacher adds to the soft targets of --self-distill; give --self-distill too")
-    if args.quality is not None:
-        prune = PruneConfig(criterion="threshold", quality=args.quality)
-    elif args.criterion == "sensitivity":  # the per-layer targets need the model and data: set below
-        prune = PruneConfig(sparsity=0.9 if args.sparsity is None else args.sparsity)
-    else:
-        prune = PruneConfig(criterion=args.criterion, sparsity=0.9 if args.sparsity is None else args.sparsity)
-    bits, index_bits = parse_layer_bits(args.bits, "--bits"), parse_layer_bits(args.index_bits, "--index-bits")
-    config = DeepCompressionConfig(
-        prune=prune, prune_steps=args.prune_steps,
-        prune_retrain=TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, batch_size=args.batch_size,
-                                  seed=args.seed) if args.retrain_epochs else None,
-        quantize=QuantizeConfig(bits_fc=bits["fc"], bits_conv=bits["conv"], init=args.init, seed=args.seed),
-        quantize_retrain=(TrainConfig(epochs=args.finetune_epochs, optimizer="adam", lr=args.finetune_lr,
-                                      batch_size=args.batch_size, schedule="constant", seed=args.seed)
-                          if args.finetune_epochs else None),
-        index_bits_fc=index_bits["fc"], index_bits_conv=index_bits["conv"],
-        self_distill=DistillConfig(temperature=args.temperature, alpha=args.alpha) if args.self_distill else None,
-        gradual=args.gradual, context_masks=not args.no_context_masks, float16=args.float16,
-    )
+    sensitivity = options.criterion == "sensitivity"  # the per-layer targets need the model and data: set below
+    config = options.deep_compression_config({} if sensitivity else None)
     # the whole config is checked above, before the model and data are read or any training starts
     loaded = read_model_file(args.model)
     splits = load_data_from_args(args)
@@ -146,9 +141,9 @@ def cmd_compress(args: argparse.Namespace) -> dict:
         teachers.append(teacher.model)
     say(args, f"data: {splits.describe()}")
     allocation = None
-    if args.criterion == "sensitivity":
-        allocation = sensitivity_sparsity(loaded.model, splits.x_val, splits.y_val, prune.sparsity)
-        config = replace(config, prune=PruneConfig(sparsity=0.0, layer_sparsity=allocation))
+    if sensitivity:
+        allocation = sensitivity_sparsity(loaded.model, splits.x_val, splits.y_val, options.prune.sparsity)
+        config = replace(config, prune=options.prune_config(allocation))
         say(args, "sensitivity allocation: " + ", ".join(f"{name} {s:.2f}" for name, s in allocation.items()))
     seed_everything(args.seed)
     # the uncompressed model teaches, with the other teachers as an ensemble (deep_compress copies them all before pruning)

@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 
 def _load_teacher(spec: str, trust_pickle: bool):
-    from modelpress.distill.proba_teacher import BUILTIN_TEACHERS
+    from modelpress.tabular.proba_teacher import BUILTIN_TEACHERS
 
     if spec in BUILTIN_TEACHERS:
         return spec
@@ -84,11 +84,11 @@ def cmd_mimic(args) -> dict:
     from sklearn.model_selection import train_test_split
 
     from modelpress.data.csv_table import read_csv_table
-    from modelpress.distill.mimic import MimicMLPClassifier
-    from modelpress.distill.proba_teacher import as_proba_teacher, fit_teacher
+    from modelpress.tabular.mimic import MimicMLPClassifier
+    from modelpress.tabular.proba_teacher import as_proba_teacher, fit_teacher
     from modelpress.measure.estimators import compare_classifiers
     from modelpress.measure.report import markdown_table, write_json
-    from modelpress.trees import BornAgainTreeClassifier, fit_cart, save_tree
+    from modelpress.tabular.trees import BornAgainTreeClassifier, fit_cart, save_tree
 
     students = [s.strip() for s in args.student.split(",") if s.strip()]
     if not students or set(students) - {"tree", "mlp"}:

@@ -17,15 +17,28 @@ from modelpress.cli.common import (
     progress,
     say,
 )
+from modelpress.cli.options import add_options, options_from_args
 from modelpress.core.errors import ConfigError
 from modelpress.core.seed import seed_everything
 from modelpress.data import data_metadata
 from modelpress.distill import DistillConfig, distill
 from modelpress.encode import read_any_model
-from modelpress.factorize import FactorizeConfig, factorize_, to_depthwise_separable_
-from modelpress.measure import count_flops, count_params, evaluate_accuracy, markdown_table, measure_latency
+from modelpress.factorize import (
+    FactorizeConfig,
+    Method,
+    ShrinkConfig,
+    factorize_,
+    to_depthwise_separable_,
+)
+from modelpress.measure import (
+    count_flops,
+    count_params,
+    evaluate_accuracy,
+    markdown_table,
+    measure_latency,
+)
 from modelpress.prune import StructuredConfig, structured_prune
-from modelpress.train import TrainConfig, train
+from modelpress.train import train
 
 EPILOG_SHRINK = """examples:
   modelpress shrink vgg.mpk --data fashion-mnist --channels 0.5 -o vgg.half.mpk       # half the channels, L1 norm
@@ -46,22 +59,18 @@ def register(sub) -> None:
                                    "before and after, measured side by side, and say plainly when it is not faster.")
     p.add_argument("model", metavar="MODEL", help="a trained .mpk model (or .ckpt / .mpz)")
     g = p.add_argument_group("how")
-    g.add_argument("--channels", type=float, default=None, metavar="FRACTION",
+    g.add_argument("--channels", dest="amount", type=float, default=argparse.SUPPRESS, metavar="FRACTION",
                    help="structured pruning: remove this fraction of every prunable layer's channels/neurons")
-    g.add_argument("--criterion", choices=["l1", "l2", "apoz", "taylor"], default="l1",
-                   help="channel importance: filter norm, average percentage of zeros, or first-order Taylor (default l1)")
-    g.add_argument("--low-rank", choices=["svd", "tucker", "cp"], default=None,
+    add_options(g, StructuredConfig, skip=("amount",))
+    g.add_argument("--low-rank", dest="method", choices=[m.value for m in Method], default=argparse.SUPPRESS,
                    help="svd: Linear layers into two; tucker: Tucker-2 convolutions (1x1, kxk, 1x1); cp: CP convolutions")
-    g.add_argument("--energy", type=float, default=0.9, help="low rank: keep this fraction of squared singular values")
-    g.add_argument("--flop-budget", type=float, default=None, help="low rank: instead, keep at most this fraction of the FLOPs")
+    add_options(g, FactorizeConfig, skip=("method",), overrides={
+        "energy": {"help": "low rank: keep this fraction of squared singular values (default 0.9)"},
+        "flop_budget": {"help": "low rank: instead, keep at most this fraction of the FLOPs"}})
     g.add_argument("--separable", action="store_true",
                    help="replace 3x3 convolutions by depthwise-separable blocks, then distil from the original")
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--finetune-epochs", type=int, default=3)
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip the gradient norm while fine-tuning (default 1; CP factors diverge without it)")
-    g.add_argument("--batch-size", type=int, default=128)
+    add_options(g, ShrinkConfig, skip=("seed",))
     g.add_argument("--resume", action="store_true")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--no-latency", action="store_true", help="skip the side-by-side latency measurement")
@@ -71,35 +80,43 @@ def register(sub) -> None:
 
 
 
+def _shrink_steps(args: argparse.Namespace, model, splits) -> list[str]:
+    """Apply the structured pruning, factorization and separable blocks the flags ask for; one line each."""
+    example = splits.x_train[:256]
+    steps = []
+    if getattr(args, "amount", 0):
+        config = options_from_args(StructuredConfig, args)
+        report = structured_prune(model, config, example[:2], data=splits if config.needs_data else None)
+        steps.append(f"structured ({config.criterion.value}, {config.amount:.0%} of channels): "
+                     f"{len(report.layers)} layers changed, {len(report.skipped)} groups left whole")
+    if hasattr(args, "method"):
+        config = options_from_args(FactorizeConfig, args)
+        report = factorize_(model, config, example[:2])
+        steps.append(f"low rank ({config.method.value}): {len(report.factorized)} layers factorized")
+    if args.separable:
+        report = to_depthwise_separable_(model, example_input=example)
+        steps.append(f"depthwise-separable: {len(report.layers)} convolutions replaced")
+    return steps
+
+
 def cmd_shrink(args: argparse.Namespace) -> dict:
     """Make the model really smaller (fewer channels, thinner factors, cheaper blocks), fine-tune, and prove it."""
-    if not (args.channels or args.low_rank or args.separable):
+    if not (getattr(args, "amount", 0) or hasattr(args, "method") or args.separable):
         raise ConfigError("say how to shrink: --channels FRACTION, --low-rank svd|tucker|cp and/or --separable")
+    # every config is checked before the data and model are read
+    options_from_args(StructuredConfig, args)
+    options_from_args(FactorizeConfig, args)
+    config = options_from_args(ShrinkConfig, args, seed=args.seed).train_config()
     splits = load_data_from_args(args)
     loaded = read_any_model(args.model)
     check_model_fits_data(loaded.spec, splits, str(args.model))
     original = loaded.model.eval()
     model = copy.deepcopy(original)
-    example = splits.x_train[:256]
-    steps = []
-    if args.channels:
-        report = structured_prune(model, StructuredConfig(amount=args.channels, criterion=args.criterion),
-                                  example[:2], data=splits if args.criterion in ("apoz", "taylor") else None)
-        steps.append(f"structured ({args.criterion}, {args.channels:.0%} of channels): "
-                     f"{len(report.layers)} layers changed, {len(report.skipped)} groups left whole")
-    if args.low_rank:
-        rule = {"flop_budget": args.flop_budget} if args.flop_budget else {"energy": args.energy}
-        report = factorize_(model, FactorizeConfig(method=args.low_rank, **rule), example[:2])
-        steps.append(f"low rank ({args.low_rank}): {len(report.factorized)} layers factorized")
-    if args.separable:
-        report = to_depthwise_separable_(model, example_input=example)
-        steps.append(f"depthwise-separable: {len(report.layers)} convolutions replaced")
+    steps = _shrink_steps(args, model, splits)
     for line in steps:
         say(args, line)
     seed_everything(args.seed)
-    config = TrainConfig(epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         grad_clip=args.grad_clip)
-    if args.finetune_epochs:
+    if config is not None:
         if args.separable:  # new blocks start far from the original: learn from it, not only from the labels
             distill(model, original, splits, DistillConfig(temperature=4.0, alpha=0.9, train=config),
                     checkpoint_path=f"{args.output}.ckpt", resume=args.resume, progress=progress(args))
@@ -111,7 +128,7 @@ def cmd_shrink(args: argparse.Namespace) -> dict:
         print(markdown_table(comparison["rows"], list(comparison["rows"][0])), end="")
         print(comparison["verdict"])
     extra = {"data": data_metadata(splits), "method": "shrink", "source": str(args.model), "steps": steps,
-             "finetune": config.to_json()}
+             "finetune": config.to_json() if config is not None else None}
     return finish(args, model, splits, extra) | {"comparison": comparison}
 
 

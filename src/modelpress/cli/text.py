@@ -62,10 +62,10 @@ def cmd_distill_encoder(args: argparse.Namespace) -> dict:
 
     from modelpress.core.errors import ConfigError
     from modelpress.data.text import load_fortunes
-    from modelpress.distill.text_io import save_student
-    from modelpress.distill.text_task import compare_text_models, distill_encoder
-    from modelpress.distill.tinybert import TinyBERTConfig
-    from modelpress.distill.transformer import load_encoder, make_student
+    from modelpress.text.text_io import save_student
+    from modelpress.text.text_task import compare_text_models, distill_encoder
+    from modelpress.text.tinybert import TinyBERTConfig
+    from modelpress.text.transformer import load_encoder, make_student
     from modelpress.measure import markdown_table
     from modelpress.train import TrainConfig
 

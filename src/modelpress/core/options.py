@@ -123,6 +123,13 @@ class Opt:
             return False
         return not (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
 
+    def has_type(self, value: Any) -> bool:
+        """Whether ``value`` is of this field's type, bounds aside (a config's own checks judge those)."""
+        if value is None or self.type in ("bool", "text", "texts", "choice"):
+            return self.accepts(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            self.type == "number" or isinstance(value, int))
+
     def coerce(self, value: Any) -> Any:
         """An accepted value in its field's Python type (integers given for a number become floats,
         a choice of an Enum its member, a list of texts a tuple)."""
@@ -262,6 +269,8 @@ def _build(cls: type, base: Any, values: Mapping[str, Any], prefix: str, expose)
             o: Opt = f.metadata["opt"]
             name = f.name if o.shared else prefix + f.name
             if o.expose and (expose is None or f.name in expose) and name in values:
+                if not o.has_type(values[name]):  # bounds are left to the config, whose messages say more
+                    raise ConfigError(f"{name} must be {o.describe()}; got {values[name]!r}")
                 kwargs[f.name] = o.coerce(values[name])
             elif _default_of(f) is REQUIRED and base is None:
                 raise ConfigError(f"{name} is required: {o.describe()}")

@@ -88,14 +88,7 @@ def load_sklearn_set(name: str, *, seed: int = 0, val_size: int | float | None =
         "val_size": n_val,
         "split": f"stratified, seeded: {len(train)} train / {n_val} val / {n_test} test",
     }
-    if name == "digits":
-        x, mean, std = _normalise_images(x / DIGITS_MAX_PIXEL, train)
-        x = x.reshape(n, 1, 8, 8)
-    else:
-        x, feature_mean, feature_std = _standardise_features(x, train)
-        mean, std = 0.0, 1.0
-        info.update(feature_mean=feature_mean.tolist(), feature_std=feature_std.tolist(),
-                    feature_names=[str(f) for f in bunch.feature_names])
+    x, mean, std = _prepare_inputs(name, x, bunch, train, info)
 
     def part(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(x[index].astype(np.float32)), torch.from_numpy(y[index])
@@ -106,6 +99,18 @@ def load_sklearn_set(name: str, *, seed: int = 0, val_size: int | float | None =
         name=name, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
         num_classes=num_classes, class_names=class_names, mean=mean, std=std, info=info,
     )
+
+
+def _prepare_inputs(name: str, x: np.ndarray, bunch, train: np.ndarray, info: dict) -> tuple[np.ndarray, float, float]:
+    """``(inputs, mean, std)`` normalised with train statistics: digits as ``(N, 1, 8, 8)`` images with a
+    scalar mean / std, the other sets per feature (their statistics and names go into ``info``)."""
+    if name == "digits":
+        x, mean, std = _normalise_images(x / DIGITS_MAX_PIXEL, train)
+        return x.reshape(len(x), 1, 8, 8), mean, std
+    x, feature_mean, feature_std = _standardise_features(x, train)
+    info.update(feature_mean=feature_mean.tolist(), feature_std=feature_std.tolist(),
+                feature_names=[str(f) for f in bunch.feature_names])
+    return x, 0.0, 1.0
 
 
 def _normalise_images(x: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, float, float]:

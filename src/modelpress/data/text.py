@@ -141,6 +141,53 @@ def _texts_in_several_categories(folder: Path, categories: Sequence[str]) -> set
     return shared
 
 
+def _check_sizes(val_size: float, test_size: float, max_per_category: int | None, min_chars: int,
+                 max_chars: int) -> tuple[float, float, int | None]:
+    """The split fractions and the cap, checked.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1), fractions leaving no training texts, a bad cap or
+            character range.
+    """
+    val_size, test_size = _check_fraction("val_size", val_size), _check_fraction("test_size", test_size)
+    if val_size + test_size >= 1:
+        raise ConfigError(f"val_size + test_size must be below 1 to leave training texts; got {val_size + test_size}")
+    max_per_category = check_limit("max_per_category", max_per_category)
+    if not 0 <= min_chars <= max_chars:
+        raise ConfigError(f"need 0 <= min_chars <= max_chars; got {min_chars}, {max_chars}")
+    return val_size, test_size, max_per_category
+
+
+def _chosen_categories(categories: Sequence[str] | None, known: list[str], folder: Path) -> list[str]:
+    """The requested categories (``None``: every one in ``folder``), repeats dropped, order kept.
+
+    Raises:
+        ConfigError: a category not in ``folder``, or none at all.
+    """
+    if categories is None:
+        categories = known
+    categories = list(dict.fromkeys(categories))
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise ConfigError(f"unknown fortune categories {unknown}; {folder} has: {', '.join(known)}")
+    if not categories:
+        raise ConfigError("categories must name at least one fortune file")
+    return categories
+
+
+def _category_pieces(n: int, seed: int, category: str, val_size: float, test_size: float,
+                     max_per_category: int | None) -> dict[str, np.ndarray]:
+    """Indices of one category's ``n`` texts for test, val and train, nested as the module docstring says."""
+    order = _category_order(n, seed, category)
+    n_test, n_val, n_train = _slices(n, val_size, test_size, max_per_category)
+    n_test_full = int(round(n * test_size))
+    # test and validation come first in the order; capped training texts come after the *uncapped*
+    # held-out slices too, so a capped load never trains on what an uncapped load holds out
+    start_train = n_test_full + int(round(n * val_size))
+    return {"test": order[:n_test], "val": order[n_test_full:n_test_full + n_val],
+            "train": order[start_train:start_train + n_train]}
+
+
 def load_fortunes(
     categories: Sequence[str] | None = None,
     *,
@@ -173,23 +220,10 @@ def load_fortunes(
         ConfigError: an unknown category, bad sizes or filters; a requested category left empty.
     """
     seed = check_seed(seed)
-    val_size, test_size = _check_fraction("val_size", val_size), _check_fraction("test_size", test_size)
-    if val_size + test_size >= 1:
-        raise ConfigError(f"val_size + test_size must be below 1 to leave training texts; got {val_size + test_size}")
-    max_per_category = check_limit("max_per_category", max_per_category)
-    if not 0 <= min_chars <= max_chars:
-        raise ConfigError(f"need 0 <= min_chars <= max_chars; got {min_chars}, {max_chars}")
+    val_size, test_size, max_per_category = _check_sizes(val_size, test_size, max_per_category, min_chars, max_chars)
     folder = _root(root)
     known = fortune_categories(folder)
-    if categories is None:
-        categories = known
-    categories = list(dict.fromkeys(categories))
-    unknown = [c for c in categories if c not in known]
-    if unknown:
-        raise ConfigError(f"unknown fortune categories {unknown}; {folder} has: {', '.join(known)}")
-    if not categories:
-        raise ConfigError("categories must name at least one fortune file")
-
+    categories = _chosen_categories(categories, known, folder)
     ambiguous = _texts_in_several_categories(folder, known)
     parts: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     counts = {}
@@ -198,14 +232,7 @@ def load_fortunes(
                  if min_chars <= len(t) <= max_chars and t not in ambiguous]
         if not texts:
             raise ConfigError(f"fortune category {category!r} has no texts of {min_chars}-{max_chars} characters")
-        order = _category_order(len(texts), seed, category)
-        n_test, n_val, n_train = _slices(len(texts), val_size, test_size, max_per_category)
-        n_test_full = int(round(len(texts) * test_size))
-        # test and validation come first in the order; capped training texts come after the *uncapped*
-        # held-out slices too, so a capped load never trains on what an uncapped load holds out
-        start_train = n_test_full + int(round(len(texts) * val_size))
-        pieces = {"test": order[:n_test], "val": order[n_test_full:n_test_full + n_val],
-                  "train": order[start_train:start_train + n_train]}
+        pieces = _category_pieces(len(texts), seed, category, val_size, test_size, max_per_category)
         for which, index in pieces.items():
             parts[which].extend((texts[i], label) for i in index)
         counts[category] = {which: len(index) for which, index in pieces.items()}

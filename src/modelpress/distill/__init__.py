@@ -4,9 +4,11 @@
 - blending (Geras et al.): :func:`blend` distils the gamma-mixture of an LSTM and a CNN into one CNN
 - feature level: :func:`fitnets` (hints), :func:`attention_transfer`, :func:`fsp_distill`, over
   :class:`FeatureTap` (forward hooks by layer name on any ``nn.Module``)
-- any classifier as a teacher on tabular data: :func:`munge` / :func:`smear` synthetic rows,
-  :class:`ProbaTeacher` (``predict_proba`` objects, lists, modules), ``MimicMLPClassifier``
-  (Bucila et al.; scikit-learn API). The born-again *tree* is in :mod:`modelpress.trees`.
+- losses behind one signature ``loss(student_io, teacher_io, targets)``: the logit-level registry
+  (:func:`~modelpress.distill.losses.logit_loss_names`; a new loss is one ``distill/loss_<name>.py``)
+  and the feature losses (:mod:`modelpress.distill.feature_losses`)
+- tabular mimicry and trees (scikit-learn) live in :mod:`modelpress.tabular`, transformer
+  distillation (Hugging Face) in :mod:`modelpress.text`; this package imports neither
 - schemes: :func:`born_again`, :func:`self_compress`, :func:`teacher_assistant_chain`,
   :func:`mutual_learning` (codistillation), :func:`train_specialists`, the omitted-class experiment
 """
@@ -18,14 +20,13 @@ from modelpress.distill.feature_losses import attention_map, attention_transfer_
 from modelpress.distill.features import FeatureTap, feature_shapes, forward_until, layer_names, match_layers
 from modelpress.distill.fsp import FSPConfig, FSPObjective, default_fsp_pairs, fsp_distill
 from modelpress.distill.hints import HintConfig, HintRegressor, fit_hints, fitnets
-from modelpress.distill.losses import logit_regression_loss, mixed_distillation_loss, soft_target_loss
+from modelpress.distill.losses import (LogitLossSpec, ModelIO, logit_loss_names, logit_regression_loss, make_logit_loss,
+                                       mixed_distillation_loss, soft_target_loss)
 from modelpress.distill.mutual import Cohort, MutualConfig, MutualObjective, MutualResult, mutual_learning, mutual_pull
 from modelpress.distill.omitted import (apply_class_bias_, final_linear, fit_class_bias, omitted_class_experiment,
                                         omitted_class_report, without_class)
-from modelpress.distill.proba_teacher import ProbaTeacher, as_proba_teacher, fit_teacher
 from modelpress.distill.schemes import BornAgainResult, TeacherAssistantResult, born_again, self_compress, teacher_assistant_chain
 from modelpress.distill.specialists import SpecialistConfig, SpecialistEnsemble, confusable_clusters, train_specialists
-from modelpress.distill.synthetic import make_synthetic, munge, smear
 from modelpress.distill.teachers import (
     EnsembleTeacher,
     ModuleTeacher,
@@ -38,7 +39,6 @@ from modelpress.distill.teachers import (
 )
 
 __all__ = [
-    "MimicMLPClassifier", "ProbaTeacher", "TabularMLP", "as_proba_teacher", "fit_teacher", "make_synthetic", "munge", "smear",
     "BlendConfig", "BlendResult", "GammaChoice", "blend", "blend_teacher", "choose_gamma", "score_gammas",
     "AttentionConfig", "AttentionTransferObjective", "BornAgainResult", "Cohort", "DistillConfig", "DistillMethod",
     "DistillationObjective", "EnsembleTeacher", "FSPConfig", "FSPObjective", "FeatureTap", "HintConfig", "HintRegressor",
@@ -50,13 +50,5 @@ __all__ = [
     "layer_names", "logit_regression_loss", "match_layers", "mixed_distillation_loss", "mutual_learning", "mutual_pull",
     "omitted_class_experiment", "omitted_class_report", "precompute_teacher", "self_compress", "soft_target_loss",
     "teacher_assistant_chain", "train_specialists", "without_class",
+    "LogitLossSpec", "ModelIO", "logit_loss_names", "make_logit_loss",
 ]
-
-
-def __getattr__(name: str):
-    # The mimic estimator imports scikit-learn at load time; image-only work should not pay for that.
-    if name in {"MimicMLPClassifier", "TabularMLP"}:
-        from modelpress.distill import mimic
-
-        return getattr(mimic, name)
-    raise AttributeError(f"module 'modelpress.distill' has no attribute {name!r}")

@@ -9,7 +9,7 @@ maps ``Q = sum_c |A_c|^p`` of layer pair ``j``. ``alpha = 0`` is the paper's AT;
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
 from modelpress.distill.core import DistillConfig, teacher_weight
 from modelpress.distill.feature_losses import attention_transfer_loss
@@ -25,12 +26,13 @@ from modelpress.distill.features import (
     feature_shapes,
     match_layers,
     normalize_pairs,
+    parse_layer_pairs,
     prepare_feature_models,
 )
 from modelpress.distill.losses import mixed_distillation_loss
-from modelpress.train import train
+from modelpress.train import TrainResult, train
 
-__all__ = ["AttentionConfig", "AttentionTransferObjective", "attention_transfer"]
+__all__ = ["AttentionConfig", "AttentionResult", "AttentionTransferObjective", "attention_transfer"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,15 @@ class AttentionConfig:
     """
 
     pairs: tuple[tuple[str, str], ...] = ()
-    beta: float = 1000.0
-    p: float = 2.0
-    kd: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=0.0))
+    beta: float = opt(1000.0, lo=0, tunable=True, help="attention: weight of the attention term")
+    p: float = opt(2.0, lo=0, lo_open=True, expose=False)
+    kd: DistillConfig = nested(DistillConfig, expose=("temperature", "alpha", "train"), alpha=0.0)
+    layers: str | None = opt(None, "text", optional=True, metavar="S:T[,S:T...]",
+                             help="student:teacher layer pairs (default: matched automatically by spatial size)")
 
     def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "pairs", parse_layer_pairs(self.layers, "layers"))
         object.__setattr__(self, "pairs", normalize_pairs(self.pairs, "pairs"))
         if not self.beta >= 0:
             raise ConfigError(f"beta must be >= 0; got {self.beta}")
@@ -63,6 +69,7 @@ class AttentionConfig:
             raise ConfigError(f"p must be positive; got {self.p}")
         if not isinstance(self.kd, DistillConfig):
             raise ConfigError(f"kd must be a DistillConfig; got {type(self.kd).__name__}")
+        check_declared(self)
 
 
 class AttentionTransferObjective:
@@ -135,7 +142,7 @@ def attention_transfer(
     callbacks: Sequence[object] = (),
     val_loader: DataLoader | None = None,
     log: Callable[[str], None] | None = None,
-) -> nn.Module:
+) -> AttentionResult:
     """Train ``student`` with attention transfer from ``teacher`` (Zagoruyko & Komodakis 2017).
 
     Args:
@@ -146,8 +153,7 @@ def attention_transfer(
         checkpoint_path, resume, progress, callbacks, val_loader, log: as for :func:`~modelpress.train.train`.
 
     Returns:
-        The student in eval mode; ``student.distill_result`` holds the TrainResult and
-        ``student.attention_pairs`` the layer pairs used.
+        An :class:`AttentionResult`: the student in eval mode, the layer pairs used and the TrainResult.
 
     Raises:
         ConfigError: unknown layer names, or a teacher that is not an ``nn.Module``.
@@ -159,10 +165,18 @@ def attention_transfer(
     x = prepare_feature_models(student, teacher, data)
     pairs = config.pairs or tuple(match_layers(student, teacher, x))
     _check_pairs(student, teacher, x, pairs)
-    resolved = AttentionConfig(pairs=pairs, beta=config.beta, p=config.p, kd=config.kd)
+    resolved = replace(config, pairs=pairs, layers=None)
     objective = AttentionTransferObjective(teacher, resolved)
     result = train(student, data, config.kd.train, objective=objective, val_loader=val_loader,
                    checkpoint_path=checkpoint_path, resume=resume, progress=progress,
                    callbacks=callbacks, log=log, description="attention transfer")
-    student.distill_result, student.attention_pairs = result, pairs
-    return student
+    return AttentionResult(student, pairs, result)
+
+
+@dataclass
+class AttentionResult:
+    """What :func:`attention_transfer` returns: the ``student``, the layer ``pairs`` used, and its ``train`` history."""
+
+    student: nn.Module
+    pairs: tuple[tuple[str, str], ...]
+    train: TrainResult

@@ -27,6 +27,7 @@ from modelpress.distill.core import DistillConfig, distill
 from modelpress.distill.teachers import precompute_teacher
 from modelpress.measure.metrics import predict_logits
 from modelpress.models.ensemble import EnsembleModel, mixture_log_probs
+from modelpress.train import TrainResult
 
 DEFAULT_GAMMAS = tuple(i / 10 for i in range(11))
 
@@ -126,11 +127,13 @@ def choose_gamma(recurrent: nn.Module, convolutional: nn.Module, x_val: torch.Te
 
 @dataclass
 class BlendResult:
-    """The trained student, the gamma choice, and the teacher it was taught by (kept for measuring)."""
+    """The trained student, the gamma choice, the teacher it was taught by (kept for measuring) and the
+    distillation's training history."""
 
     student: nn.Module
     choice: GammaChoice
     teacher: EnsembleModel
+    train: TrainResult | None = None
 
 
 def blend(
@@ -172,6 +175,6 @@ def blend(
         log(f"blend: gamma = {choice.gamma:g} (weight of the recurrent model)")
     teacher = blend_teacher(recurrent, convolutional, choice.gamma)
     store = precompute_teacher(teacher, data.x_train)
-    distill(student, store, data, config.distill, checkpoint_path=checkpoint_path, resume=resume,
-            progress=progress, log=log)
-    return BlendResult(student, choice, teacher)
+    taught = distill(student, store, data, config.distill, checkpoint_path=checkpoint_path, resume=resume,
+                     progress=progress, log=log)
+    return BlendResult(student, choice, teacher, taught.train)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Sequence
 
@@ -12,15 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
-from modelpress.distill.losses import mixed_distillation_loss
+from modelpress.distill.losses import LossName, ModelIO, loss_name, make_logit_loss, mix_hard_labels
 from modelpress.distill.teachers import Teacher, TeacherStore, as_teacher
 from modelpress.train import TrainConfig, TrainResult, train
 
 
 class DistillMethod(str, Enum):
+    """The two classic logit-level losses; ``distill.losses.logit_loss_names()`` lists every registered one."""
+
     HINTON = "hinton"  # soft targets at temperature T (Hinton et al. 2015)
     LOGITS = "logits"  # L2 regression on logits (Ba & Caruana 2014)
 
@@ -30,7 +32,9 @@ class DistillConfig:
     """How to distil.
 
     Args:
-        method: ``hinton`` (soft targets at ``temperature``) or ``logits`` (logit regression).
+        method: a registered logit-level loss (``distill.losses.logit_loss_names()``): ``hinton`` (soft
+            targets at ``temperature``), ``logits`` (logit regression), or one of ``distill/loss_*.py``.
+            Stored as a :class:`~modelpress.distill.losses.LossName` (a ``str``; equal to ``DistillMethod`` members).
         temperature: T of the soft targets; the student is evaluated at T = 1.
         alpha: weight of the teacher term (the seeds' lambda); ``1 - alpha`` weights the hard labels.
         train: the training loop's settings.
@@ -42,14 +46,17 @@ class DistillConfig:
             teacher term for the whole run; a value ``>= train.epochs`` does the same.
     """
 
-    method: DistillMethod = DistillMethod.HINTON
-    temperature: float = 4.0
-    alpha: float = 0.9
-    train: TrainConfig = field(default_factory=TrainConfig)
-    kd_epochs: int | None = None
+    # a text checked against the loss registry (not a fixed choice), so a new loss file needs no edit here
+    method: LossName = opt(LossName("hinton"), "text", expose=False, help="a registered logit-level loss")
+    temperature: float = opt(4.0, lo=0, lo_open=True, tunable=True, help="softmax temperature T of the soft targets")
+    alpha: float = opt(0.9, lo=0, hi=1, tunable=True,
+                       help="weight of the teacher term; 1 - alpha weights the hard labels")
+    train: TrainConfig = nested(TrainConfig)
+    kd_epochs: int | None = opt(None, "integer", lo=1, optional=True, tunable=True,
+                                help="early-stopped KD: epochs with the teacher term, then labels only")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", coerce_enum(DistillMethod, self.method, "method"))
+        object.__setattr__(self, "method", loss_name(self.method, "method"))
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be positive; got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -58,6 +65,17 @@ class DistillConfig:
             isinstance(self.kd_epochs, bool) or not isinstance(self.kd_epochs, int) or self.kd_epochs < 1
         ):
             raise ConfigError(f"kd_epochs must be None or an integer >= 1; got {self.kd_epochs!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig; got {type(self.train).__name__}")
+        check_declared(self)
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` returns: the trained ``student`` (the object given) and its training history."""
+
+    student: nn.Module
+    train: TrainResult
 
 
 def teacher_weight(config: DistillConfig, epoch: int, alpha: float | None = None) -> float:
@@ -83,6 +101,8 @@ class DistillationObjective:
         self.config = config
         self.alpha = config.alpha
         self.epoch = 0
+        # the teacher term, one registered loss with the one signature (student_io, teacher_io, targets)
+        self.loss = make_logit_loss(config.method, temperature=config.temperature)
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         self.epoch = epoch
@@ -98,10 +118,8 @@ class DistillationObjective:
             return F.cross_entropy(model(x), y)
         teacher_logits = self.teacher(x, idx)  # (B, C), no grad
         student_logits = model(x)  # (B, C)
-        return mixed_distillation_loss(
-            student_logits, teacher_logits, y,
-            alpha=alpha, temperature=self.config.temperature, method=self.config.method.value,
-        )
+        teacher_term = self.loss(ModelIO(logits=student_logits), ModelIO(logits=teacher_logits), y)
+        return mix_hard_labels(teacher_term, student_logits, y, alpha)
 
 
 def check_compatible(student: nn.Module, teacher: Teacher, x: torch.Tensor, idx: torch.Tensor | None, num_classes: int | None) -> None:
@@ -142,7 +160,7 @@ def distill(
     progress: bool | None = None,
     callbacks: Sequence[object] = (),
     log: Callable[[str], None] | None = None,
-) -> nn.Module:
+) -> DistillResult:
     """Train ``student`` to match ``teacher`` (Hinton et al. 2015; Ba & Caruana 2014).
 
     Args:
@@ -155,14 +173,14 @@ def distill(
         callbacks: extra training callbacks, run after the objective's own ``on_epoch_start``.
 
     Returns:
-        The trained student (the same object), in eval mode; ``student.distill_result`` holds the
+        A :class:`DistillResult`: the trained student (the same object, in eval mode) and the
         :class:`~modelpress.train.TrainResult`.
 
     Raises:
         ShapeError: teacher, student and data disagree on the number of classes or input shape.
 
     Example:
-        >>> student = distill(build_model("mlp:800-800", (1, 28, 28), 10), teacher, splits,
+        >>> result = distill(build_model("mlp:800-800", (1, 28, 28), 10), teacher, splits,
         ...                   DistillConfig(temperature=4, alpha=0.9))
     """
     teacher = as_teacher(teacher)
@@ -178,5 +196,4 @@ def distill(
         checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=callbacks, log=log,
         description=f"distill ({config.method.value})",
     )
-    student.distill_result = result
-    return student
+    return DistillResult(student, result)

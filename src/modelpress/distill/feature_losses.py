@@ -1,4 +1,9 @@
-"""Feature-distillation losses as pure tensor functions: hints, attention maps, FSP matrices.
+"""Feature-distillation losses: hints, attention maps, FSP matrices.
+
+Pure tensor functions first; then each as a loss class with the one signature of
+:mod:`modelpress.distill.losses`, ``loss(student_io, teacher_io, targets) -> Tensor``, that reads the
+named features of the ios (the layer to read is configuration, as in torchdistill's mid-level
+losses), with its options a frozen config declared with ``opt``. :data:`FEATURE_LOSSES` lists them.
 
 Feature maps are ``(B, C, H, W)``; where two maps of different spatial size meet, the larger one is
 adaptive-average-pooled to the smaller size, which needs it to be at least as large in both H and W.
@@ -6,14 +11,21 @@ adaptive-average-pooled to the smaller size, which needs it to be at least as la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from modelpress.core.errors import ShapeError
+from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import REQUIRED, check_declared, opt
+from modelpress.core.registry import Registry
+from modelpress.distill.losses import IO, as_io
 
-__all__ = ["attention_map", "attention_transfer_loss", "fsp_matrix", "fsp_loss", "hint_loss"]
+__all__ = [
+    "FEATURE_LOSSES", "AttentionLossConfig", "AttentionTransferLoss", "FSPLoss", "FSPLossConfig", "HintLoss",
+    "HintLossConfig", "attention_map", "attention_transfer_loss", "fsp_loss", "fsp_matrix", "hint_loss",
+]
 
 
 def _require_4d(t: torch.Tensor, what: str) -> None:
@@ -179,3 +191,116 @@ def hint_loss(regressed: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
     if regressed.shape != hint.shape:
         raise ShapeError(f"regressed student features {tuple(regressed.shape)} do not match the hint {tuple(hint.shape)}")
     return 0.5 * (hint - regressed).pow(2).flatten(1).sum(dim=1).mean()
+
+
+# ------------------------------------------------------------------------- the same, behind one signature
+
+
+@dataclass(frozen=True)
+class HintLossConfig:
+    """Which features FitNets' hint loss compares: the student's *regressed* guided layer and the teacher's hint."""
+
+    student: str = opt(REQUIRED, "text", help="student io key of the regressed guided-layer features r(v_g)")
+    teacher: str = opt(REQUIRED, "text", help="teacher io key of the hint layer u_h")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+class HintLoss:
+    """Romero et al. (2015), FitNets: ``1/2 ||u_h - r(v_g)||^2`` per example, batch mean (:func:`hint_loss`).
+
+    The regressor ``r`` is trainable and belongs to the objective, which puts ``r(v_g)`` into the
+    student io under ``config.student``.
+    """
+
+    def __init__(self, config: HintLossConfig) -> None:
+        self.config = config
+
+    def __call__(self, student_io: IO, teacher_io: IO, targets: torch.Tensor | None = None) -> torch.Tensor:
+        return hint_loss(as_io(student_io)[self.config.student], as_io(teacher_io)[self.config.teacher])
+
+
+def _check_layer_lists(student: tuple, teacher: tuple, what: str) -> None:
+    if not student or len(student) != len(teacher):
+        raise ConfigError(f"{what} needs the same, non-zero number of student and teacher layers; "
+                          f"got {len(student)} and {len(teacher)}")
+
+
+@dataclass(frozen=True)
+class AttentionLossConfig:
+    """Layer pairs and weights of attention transfer (Zagoruyko & Komodakis 2017)."""
+
+    student_layers: tuple[str, ...] = opt(REQUIRED, "texts", help="student io keys, one per pair")
+    teacher_layers: tuple[str, ...] = opt(REQUIRED, "texts", help="teacher io keys, paired in order")
+    p: float = opt(2.0, lo=0, lo_open=True, help="exponent of the attention map sum_c |A_c|^p")
+    beta: float = opt(1000.0, lo=0, tunable=True, help="the loss is beta / 2 * sum over pairs (authors' beta = 1000)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "student_layers", tuple(self.student_layers))
+        object.__setattr__(self, "teacher_layers", tuple(self.teacher_layers))
+        _check_layer_lists(self.student_layers, self.teacher_layers, "attention transfer")
+        check_declared(self)
+
+
+class AttentionTransferLoss:
+    """Zagoruyko & Komodakis (2017): ``beta/2 * sum_pairs mean((Q_s/||Q_s|| - Q_t/||Q_t||)^2)``,
+    ``Q = sum_c |A_c|^p`` (:func:`attention_transfer_loss` per pair)."""
+
+    def __init__(self, config: AttentionLossConfig) -> None:
+        self.config = config
+
+    def __call__(self, student_io: IO, teacher_io: IO, targets: torch.Tensor | None = None) -> torch.Tensor:
+        s_io, t_io, c = as_io(student_io), as_io(teacher_io), self.config
+        at = sum(attention_transfer_loss(s_io[s], t_io[t], c.p) for s, t in zip(c.student_layers, c.teacher_layers))
+        return c.beta / 2 * at
+
+
+def _split_pair(text: str, field_name: str) -> tuple[str, str]:
+    first, sep, second = text.partition(":")
+    if not sep or not first or not second:
+        raise ConfigError(f"{field_name} entries must be 'first_layer:second_layer'; got {text!r}")
+    return first, second
+
+
+@dataclass(frozen=True)
+class FSPLossConfig:
+    """Layer pairs of the FSP loss (Yim et al. 2017), each ``"first:second"`` (two io keys of one model)."""
+
+    student_pairs: tuple[str, ...] = opt(REQUIRED, "texts", help="student 'first:second' io keys, one per matrix")
+    teacher_pairs: tuple[str, ...] = opt(REQUIRED, "texts", help="teacher 'first:second' io keys, paired in order")
+    normalize: bool = opt(False, "bool", help="divide each squared Frobenius norm by C1 * C2")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "student_pairs", tuple(self.student_pairs))
+        object.__setattr__(self, "teacher_pairs", tuple(self.teacher_pairs))
+        _check_layer_lists(self.student_pairs, self.teacher_pairs, "FSP")
+        check_declared(self)
+        for name in ("student_pairs", "teacher_pairs"):
+            for text in getattr(self, name):
+                _split_pair(text, name)
+
+
+class FSPLoss:
+    """Yim et al. (2017): ``1/B sum_b sum_i ||G_s^i(b) - G_t^i(b)||_F^2`` over the configured pairs,
+    ``G = fsp_matrix(F1, F2)`` (:func:`fsp_loss`, equal weights as in the paper)."""
+
+    def __init__(self, config: FSPLossConfig) -> None:
+        self.config = config
+
+    def _matrices(self, io, pairs: tuple[str, ...], field_name: str) -> list[torch.Tensor]:
+        return [fsp_matrix(io[a], io[b]) for a, b in (_split_pair(p, field_name) for p in pairs)]
+
+    def __call__(self, student_io: IO, teacher_io: IO, targets: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.config
+        g_s = self._matrices(as_io(student_io), c.student_pairs, "student_pairs")
+        with torch.no_grad():  # the teacher's matrices are constants
+            g_t = self._matrices(as_io(teacher_io), c.teacher_pairs, "teacher_pairs")
+        return fsp_loss(g_s, g_t, names=[f"student {s} vs teacher {t}" for s, t in zip(c.student_pairs, c.teacher_pairs)],
+                        normalize=c.normalize)
+
+
+FEATURE_LOSSES: Registry[tuple[type, type]] = Registry("feature-level loss")
+FEATURE_LOSSES.register("hint")((HintLossConfig, HintLoss))
+FEATURE_LOSSES.register("attention")((AttentionLossConfig, AttentionTransferLoss))
+FEATURE_LOSSES.register("fsp")((FSPLossConfig, FSPLoss))

@@ -9,7 +9,7 @@ Stage 1 trains the whole student to match the teacher's "flow of solution proced
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
 from modelpress.distill.feature_losses import fsp_loss, fsp_matrix
 from modelpress.distill.features import (
@@ -29,9 +30,9 @@ from modelpress.distill.features import (
     stage_loader,
     stage_path,
 )
-from modelpress.train import TrainConfig, train
+from modelpress.train import OptimizerName, TrainConfig, TrainResult, train
 
-__all__ = ["FSPConfig", "FSPObjective", "default_fsp_pairs", "fsp_distill"]
+__all__ = ["FSPConfig", "FSPObjective", "FSPResult", "default_fsp_pairs", "fsp_distill", "parse_fsp_pairs"]
 
 
 @dataclass(frozen=True)
@@ -41,30 +42,49 @@ class FSPConfig:
     Args:
         student_pairs: ``((layer_a, layer_b), ...)``: FSP matrix ``i`` of the student is between these.
         teacher_pairs: the teacher's, same length; matrix ``i`` needs the same channel counts in both.
-        stage1: training of the FSP stage (no validation: ``patience`` must be None).
+        stage1: training of the FSP stage (no validation: ``patience`` must be None); ``None``:
+            ``stage2`` with ``stage1_epochs`` epochs of Adam at ``stage1_lr`` (see :meth:`stage1_config`).
         stage2: ordinary cross-entropy training afterwards (validation and early stopping allowed).
         weights: ``lambda_i`` per matrix, non-negative; ``None`` weights all equally, as the paper does.
         normalize: divide each matrix's squared error by its entry count (see
             :func:`~modelpress.distill.feature_losses.fsp_loss`).
+        fsp_pairs: the pairs as texts ``"SA,SB:TA,TB"`` (two student layers, two teacher layers), one
+            per matrix; they set ``student_pairs`` and ``teacher_pairs``.
+        stage1_epochs, stage1_lr: the derived first stage's epochs and Adam step size.
 
     Raises:
         ConfigError: empty or different-length pairs, malformed names, or bad weights.
     """
 
-    student_pairs: tuple[tuple[str, str], ...]
-    teacher_pairs: tuple[tuple[str, str], ...]
-    stage1: TrainConfig = field(default_factory=TrainConfig)
-    stage2: TrainConfig = field(default_factory=TrainConfig)
+    student_pairs: tuple[tuple[str, str], ...] = ()
+    teacher_pairs: tuple[tuple[str, str], ...] = ()
+    stage1: TrainConfig | None = None
+    stage2: TrainConfig = nested(TrainConfig)
     weights: tuple[float, ...] | None = None
-    normalize: bool = False
+    normalize: bool = opt(False, "bool", expose=False)
+    fsp_pairs: tuple[str, ...] = opt((), "texts", flag="fsp-pair", metavar="SA,SB:TA,TB",
+                                     help="two student layers and the two teacher layers whose flow matrix they "
+                                          "match; repeatable")
+    stage1_epochs: int = opt(2, "integer", lo=1, tunable=True, help="epochs of the FSP stage")
+    stage1_lr: float = opt(1e-3, lo=0, lo_open=True, tunable=True, help="Adam learning rate of the FSP stage")
 
     def __post_init__(self) -> None:
+        if self.fsp_pairs:
+            object.__setattr__(self, "fsp_pairs", tuple(self.fsp_pairs))
+            student_pairs, teacher_pairs = parse_fsp_pairs(self.fsp_pairs)
+            object.__setattr__(self, "student_pairs", student_pairs)
+            object.__setattr__(self, "teacher_pairs", teacher_pairs)
+        if not self.student_pairs:
+            raise ConfigError("fsp needs the layers of each flow matrix: fsp_pairs (--fsp-pair SA,SB:TA,TB, repeatable; "
+                              "`modelpress layers MODEL` lists the names). Student and teacher matrices must have "
+                              "equal channel counts")
         object.__setattr__(self, "student_pairs", normalize_pairs(self.student_pairs, "student_pairs"))
         object.__setattr__(self, "teacher_pairs", normalize_pairs(self.teacher_pairs, "teacher_pairs"))
         if not self.student_pairs or len(self.student_pairs) != len(self.teacher_pairs):
             raise ConfigError(f"student_pairs and teacher_pairs must be non-empty and of the same length; "
                               f"got {len(self.student_pairs)} and {len(self.teacher_pairs)}")
-        check_stage_config(self.stage1, "stage1")
+        if self.stage1 is not None:
+            check_stage_config(self.stage1, "stage1")
         if not isinstance(self.stage2, TrainConfig):
             raise ConfigError(f"stage2 must be a TrainConfig; got {type(self.stage2).__name__}")
         if self.weights is not None:
@@ -73,6 +93,33 @@ class FSPConfig:
                 raise ConfigError(f"weights must be {len(self.student_pairs)} non-negative numbers (one per pair); "
                                   f"got {self.weights!r}")
             object.__setattr__(self, "weights", weights)
+        check_declared(self)
+
+    def stage1_config(self) -> TrainConfig:
+        """The FSP stage's training: ``stage1`` if given, else ``stage2`` with Adam at ``stage1_lr`` for
+        ``stage1_epochs`` epochs and no early stopping."""
+        if self.stage1 is not None:
+            return self.stage1
+        return replace(self.stage2, epochs=self.stage1_epochs, optimizer=OptimizerName.ADAM, lr=self.stage1_lr,
+                       patience=None)
+
+
+def parse_fsp_pairs(texts) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``["SA,SB:TA,TB", ...]`` -> ``(student_pairs, teacher_pairs)``.
+
+    Raises:
+        ConfigError: a text that is not two student layers, a colon and two teacher layers.
+    """
+    student_pairs, teacher_pairs = [], []
+    for text in texts:
+        student_side, sep, teacher_side = text.partition(":")
+        s_layers, t_layers = student_side.split(","), teacher_side.split(",")
+        if not sep or len(s_layers) != 2 or len(t_layers) != 2:
+            raise ConfigError(f"fsp_pairs (--fsp-pair) want SA,SB:TA,TB (two student layers, two teacher layers); "
+                              f"got {text!r}")
+        student_pairs.append(tuple(s_layers))
+        teacher_pairs.append(tuple(t_layers))
+    return tuple(student_pairs), tuple(teacher_pairs)
 
 
 def _pair_labels(config: FSPConfig) -> list[str]:
@@ -169,7 +216,7 @@ def fsp_distill(
     callbacks: Sequence[object] = (),
     val_loader: DataLoader | None = None,
     log: Callable[[str], None] | None = None,
-) -> nn.Module:
+) -> FSPResult:
     """FSP distillation (Yim et al. 2017): match FSP matrices (stage 1), then train on the labels (stage 2).
 
     Args:
@@ -183,8 +230,7 @@ def fsp_distill(
         val_loader: validation batches for stage 2 when ``data`` is a DataLoader.
 
     Returns:
-        The student in eval mode, with ``student.fsp_result`` (stage 1) and ``student.distill_result``
-        (stage 2) TrainResults.
+        An :class:`FSPResult`: the student in eval mode and both stages' TrainResults.
 
     Raises:
         ConfigError: unknown layer names, or a teacher that is not an ``nn.Module``.
@@ -194,10 +240,20 @@ def fsp_distill(
     x = prepare_feature_models(student, teacher, data)
     _check_config(student, teacher, x, config)
     objective = FSPObjective(teacher, config)
-    fsp_result = train(student, stage_loader(data, config.stage1), config.stage1, objective=objective,
+    stage1 = config.stage1_config()
+    fsp_result = train(student, stage_loader(data, stage1), stage1, objective=objective,
                        checkpoint_path=stage_path(checkpoint_path, 1), resume=resume, progress=progress,
                        callbacks=callbacks, log=log, description="fsp stage 1")
     result = train(student, data, config.stage2, val_loader=val_loader, checkpoint_path=stage_path(checkpoint_path, 2),
                    resume=resume, progress=progress, callbacks=callbacks, log=log, description="fsp stage 2")
-    student.fsp_result, student.distill_result = fsp_result, result
-    return student
+    return FSPResult(student, fsp_result, result)
+
+
+@dataclass
+class FSPResult:
+    """What :func:`fsp_distill` returns: the ``student`` and the TrainResults of stage 1 (``fsp_result``)
+    and stage 2 (``distill_result``)."""
+
+    student: nn.Module
+    fsp_result: TrainResult
+    distill_result: TrainResult

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -19,22 +19,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
-from modelpress.distill.core import DistillConfig, DistillationObjective
+from modelpress.distill.core import DistillationObjective, DistillConfig
 from modelpress.distill.feature_losses import hint_loss
 from modelpress.distill.features import (
     check_stage_config,
     feature_shapes,
     forward_until,
+    match_layers,
+    parse_layer_pairs,
     prepare_feature_models,
     stage_loader,
     stage_path,
 )
 from modelpress.distill.teachers import ModuleTeacher
-from modelpress.train import TrainConfig, TrainResult, train
+from modelpress.train import OptimizerName, TrainConfig, TrainResult, train
 
-__all__ = ["HintRegressor", "HintConfig", "HintObjective", "LinearAlphaAnneal",
-           "annealed_alpha", "fit_hints", "fitnets"]
+__all__ = [
+    "FitNetsResult",
+    "HintConfig",
+    "HintObjective",
+    "HintRegressor",
+    "LinearAlphaAnneal",
+    "annealed_alpha",
+    "fit_hints",
+    "fitnets",
+    "resolve_hint_layers",
+]
 
 
 class HintRegressor(nn.Module):
@@ -84,37 +96,78 @@ class HintConfig:
     """FitNets settings.
 
     Args:
-        student_layer: the student's guided layer (a name from :func:`~modelpress.distill.features.layer_names`).
+        student_layer: the student's guided layer (a name from :func:`~modelpress.distill.features.layer_names`);
+            ``None`` (with ``teacher_layer``): the middle pair of
+            :func:`~modelpress.distill.features.match_layers`, as FitNets guides the middle of the
+            student by the middle of the teacher.
         teacher_layer: the teacher's hint layer.
         stage1: training of the hint stage (no validation: ``patience`` must be None; ``max_norm``
-            leaves the frozen layers alone).
+            leaves the frozen layers alone). ``None``: ``kd.train`` with ``stage1_epochs`` epochs of
+            Adam at ``stage1_lr`` and no early stopping (see :meth:`stage1_config`).
         kd: stage 2, Hinton KD; ``kd.alpha`` is the initial lambda and ``kd.train`` its training settings.
         anneal: decay lambda linearly over stage 2 (see :func:`annealed_alpha`); off keeps ``kd.alpha``.
         regressor_relu: end the regressor with a ReLU; ``None`` decides from the hint (ReLU when the
             teacher's hint is non-negative on a sample batch, i.e. taken after a ReLU).
+        layers: ``"S:T"``, the guided and hint layer in one text (sets both layer fields).
+        stage1_epochs, stage1_lr: the derived first stage's epochs and Adam step size (its loss sums
+            over whole feature maps, and SGD at a classifier's step size diverges).
 
     Raises:
         ConfigError: an empty layer name, a wrong type, or a stage-1 setting listed above.
     """
 
-    student_layer: str
-    teacher_layer: str
-    stage1: TrainConfig = field(default_factory=TrainConfig)
-    kd: DistillConfig = field(default_factory=DistillConfig)
-    anneal: bool = True
+    student_layer: str | None = opt(None, "text", optional=True, expose=False)
+    teacher_layer: str | None = opt(None, "text", optional=True, expose=False)
+    stage1: TrainConfig | None = None
+    kd: DistillConfig = nested(DistillConfig, expose=("temperature", "alpha", "train"))
+    anneal: bool = opt(True, "bool", help="fitnets: anneal the KD weight linearly to 0 over stage 2")
     regressor_relu: bool | None = None
+    layers: str | None = opt(None, "text", optional=True, metavar="S:T",
+                             help="student:teacher layer pair, the guided and the hint layer (default: the middle "
+                                  "pair matched by spatial size; `modelpress layers MODEL` lists names)")
+    stage1_epochs: int = opt(2, "integer", lo=1, tunable=True, help="epochs of the hint stage")
+    stage1_lr: float = opt(1e-3, lo=0, lo_open=True, tunable=True, help="Adam learning rate of the hint stage")
 
     def __post_init__(self) -> None:
+        if self.layers is not None:
+            pairs = parse_layer_pairs(self.layers, "layers")
+            if len(pairs) != 1:
+                raise ConfigError(f"fitnets guides one student layer by one teacher layer: give one layers S:T, "
+                                  f"got {len(pairs)}")
+            object.__setattr__(self, "student_layer", pairs[0][0])
+            object.__setattr__(self, "teacher_layer", pairs[0][1])
+        named = [getattr(self, n) for n in ("student_layer", "teacher_layer")]
+        if named.count(None) == 1:
+            raise ConfigError("give both student_layer and teacher_layer, or neither (the middle pair is matched)")
         for name in ("student_layer", "teacher_layer"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
+            if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{name} must be a non-empty layer name; got {value!r}")
-        check_stage_config(self.stage1, "stage1")
+        if self.stage1 is not None:
+            check_stage_config(self.stage1, "stage1")
         if not isinstance(self.kd, DistillConfig):
             raise ConfigError(f"kd must be a DistillConfig; got {type(self.kd).__name__}")
         if not isinstance(self.anneal, bool) or self.regressor_relu not in (None, True, False):
             raise ConfigError(f"anneal must be a bool and regressor_relu a bool or None; "
                               f"got {self.anneal!r}, {self.regressor_relu!r}")
+        check_declared(self)
+
+    def stage1_config(self) -> TrainConfig:
+        """The hint stage's training: ``stage1`` if given, else ``kd.train`` with Adam at ``stage1_lr`` for
+        ``stage1_epochs`` epochs and no early stopping (stage 1 has no validation)."""
+        if self.stage1 is not None:
+            return self.stage1
+        return replace(self.kd.train, epochs=self.stage1_epochs, optimizer=OptimizerName.ADAM, lr=self.stage1_lr,
+                       patience=None)
+
+
+def resolve_hint_layers(student: nn.Module, teacher: nn.Module, x: torch.Tensor, config: HintConfig) -> HintConfig:
+    """``config`` with its guided and hint layer named: as given, else the middle pair matched by spatial size."""
+    if config.student_layer is not None:
+        return config
+    matched = match_layers(student, teacher, x)
+    student_layer, teacher_layer = matched[len(matched) // 2]  # FitNets: the middle guides the middle
+    return replace(config, student_layer=student_layer, teacher_layer=teacher_layer)
 
 
 class HintObjective(nn.Module):
@@ -228,13 +281,15 @@ def fit_hints(
 
     Returns:
         ``(TrainResult, HintObjective)``; the result's ``train_loss`` is the epoch's mean hint loss and
-        the objective holds the trained regressor.
+        the objective holds the trained regressor and the layers used.
 
     Raises:
         ConfigError: unknown layer names, or a teacher that is not an ``nn.Module``.
         ShapeError: class-count mismatch, or a guided layer spatially smaller than the hint.
     """
     x = prepare_feature_models(student, teacher, data)
+    config = resolve_hint_layers(student, teacher, x, config)
+    stage1 = config.stage1_config()
     s_shape = feature_shapes(student, x, [config.student_layer]).get(config.student_layer)
     t_shape = feature_shapes(teacher, x, [config.teacher_layer]).get(config.teacher_layer)
     if s_shape is None or t_shape is None:
@@ -245,11 +300,11 @@ def fit_hints(
         with torch.no_grad():
             relu = bool((forward_until(teacher, x, config.teacher_layer) >= 0).all())
     with torch.random.fork_rng(devices=[]):  # the regressor's init depends on the seed only
-        torch.manual_seed(config.stage1.seed)
+        torch.manual_seed(stage1.seed)
         regressor = HintRegressor(s_shape, t_shape, relu=relu)
     objective = HintObjective(teacher, config.student_layer, config.teacher_layer, regressor)
     with _train_only(student, _guided_parameter_ids(student, x, config.student_layer)):
-        result = train(student, stage_loader(data, config.stage1), config.stage1, objective=objective,
+        result = train(student, stage_loader(data, stage1), stage1, objective=objective,
                        checkpoint_path=checkpoint_path, resume=resume, progress=progress, callbacks=callbacks,
                        log=log, description="fitnets hints")
     return result, objective
@@ -267,7 +322,7 @@ def fitnets(
     callbacks: Sequence[object] = (),
     val_loader: DataLoader | None = None,
     log: Callable[[str], None] | None = None,
-) -> nn.Module:
+) -> FitNetsResult:
     """FitNets (Romero et al. 2015): hint training (:func:`fit_hints`), then KD with annealed lambda.
 
     Args:
@@ -282,8 +337,7 @@ def fitnets(
         val_loader: validation batches for stage 2 when ``data`` is a DataLoader.
 
     Returns:
-        The student, in eval mode, with ``student.hint_result`` (stage 1) and
-        ``student.distill_result`` (stage 2) :class:`~modelpress.train.TrainResult` s.
+        A :class:`FitNetsResult`: the student (eval mode), the layers used and both stages' histories.
 
     Raises:
         ConfigError, ShapeError: see :func:`fit_hints`.
@@ -291,12 +345,22 @@ def fitnets(
     Example:
         >>> fitnets(student, teacher, splits, HintConfig("features.1", "features.4"))
     """
-    hint_result, _ = fit_hints(student, teacher, data, config, checkpoint_path=stage_path(checkpoint_path, 1),
+    hint_result, hints = fit_hints(student, teacher, data, config, checkpoint_path=stage_path(checkpoint_path, 1),
                                resume=resume, progress=progress, callbacks=callbacks, log=log)
     objective = DistillationObjective(ModuleTeacher(teacher), config.kd)
     schedule = [LinearAlphaAnneal(objective, config.kd.alpha, config.kd.train.epochs)] if config.anneal else []
     result = train(student, data, config.kd.train, objective=objective, val_loader=val_loader,
                    checkpoint_path=stage_path(checkpoint_path, 2), resume=resume, progress=progress,
                    callbacks=[*schedule, *callbacks], log=log, description="fitnets kd")
-    student.hint_result, student.distill_result = hint_result, result
-    return student
+    return FitNetsResult(student, (hints.student_layer, hints.teacher_layer), hint_result, result)
+
+
+@dataclass
+class FitNetsResult:
+    """What :func:`fitnets` returns: the ``student``, its ``(guided, hint)`` ``layers``, and the
+    :class:`~modelpress.train.TrainResult` of the hint stage (``hint_result``) and of KD (``distill_result``)."""
+
+    student: nn.Module
+    layers: tuple[str, str]
+    hint_result: TrainResult
+    distill_result: TrainResult

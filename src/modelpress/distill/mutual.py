@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
 from modelpress.distill.schemes import build_seeded
 from modelpress.models.ensemble import EnsembleModel
@@ -35,18 +36,26 @@ class MutualConfig:
         weight: psi's weight, the strength of the pull toward the others (>= 0; 0 trains the peers
             independently, on the same batches).
         burn_in_steps: optimiser steps of plain cross-entropy before the pull starts (the seeds'
-            ``n_burn_in``): peers first learn something worth agreeing on.
+            ``n_burn_in``): peers first learn something worth agreeing on; without it, peers pulled
+            together from random initialisation agree on their early mistakes. ``None``: one epoch.
         train: the training loop's settings, shared by all peers.
     """
 
-    peers: int = 2
-    temperature: float = 1.0
-    weight: float = 1.0
-    burn_in_steps: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    peers: int = opt(2, "integer", lo=2, help="peers trained together")
+    temperature: float = opt(1.0, lo=0, lo_open=True, tunable=True, help="T of the softmaxes the pull compares")
+    weight: float = opt(1.0, lo=0, tunable=True, help="strength of each peer's pull toward the others")
+    burn_in_steps: int | None = opt(None, "integer", lo=0, optional=True, flag="burn-in", metavar="STEPS",
+                                    help="steps of labels only before peers pull (default one epoch; 0 pulls "
+                                         "from the start)")
+    train: TrainConfig = nested(TrainConfig)
 
     def __post_init__(self) -> None:
-        check_pull_config(self, {"peers": 2, "burn_in_steps": 0})
+        check_pull_config(self, {"peers": 2} | ({} if self.burn_in_steps is None else {"burn_in_steps": 0}))
+        check_declared(self)
+
+    def resolved(self, steps_per_epoch: int) -> MutualConfig:
+        """This config with ``burn_in_steps=None`` made explicit: one epoch of ``steps_per_epoch`` steps."""
+        return self if self.burn_in_steps is not None else replace(self, burn_in_steps=steps_per_epoch)
 
 
 def check_pull_config(config, minimum_integers: dict[str, int]) -> None:
@@ -135,7 +144,8 @@ class MutualObjective(nn.Module):
         super().__init__()
         self.temperature = config.temperature
         self.weight = config.weight
-        self.burn_in_steps = config.burn_in_steps
+        # a config whose burn-in is still None (one epoch) was not resolved by mutual_learning: no burn-in
+        self.burn_in_steps = config.burn_in_steps or 0
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, model: Cohort, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
@@ -192,6 +202,8 @@ def mutual_learning(
     members = _collect_peers(peers, config)
     cohort = Cohort(members)
     _check_peers(cohort, data)
+    steps = -(-len(data.y_train) // config.train.batch_size) if isinstance(data, DataSplits) else len(data)
+    config = config.resolved(steps)
     history = train(cohort, data, config.train, objective=MutualObjective(config), checkpoint_path=checkpoint_path,
                     resume=resume, progress=progress, description=f"mutual learning ({len(members)} peers)")
     return MutualResult(members, cohort, history)

@@ -154,7 +154,7 @@ def self_compress(teacher: nn.Module, data: StageData, config: DistillConfig | N
         **kwargs: ``make_student``, ``checkpoint_dir``, ``resume``, ``progress``, ``precompute`` of :func:`born_again`.
 
     Returns:
-        Model B, trained, in eval mode (``B.distill_result`` holds its history).
+        Model B, trained, in eval mode (:func:`born_again` with one generation also gives its history).
     """
     config = DistillConfig(alpha=0.5) if config is None else config
     return born_again(teacher, data, config, generations=1, **kwargs).generations[0]
@@ -233,7 +233,6 @@ def _fresh_copy(teacher: nn.Module) -> nn.Module:
     for module in student.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    student.__dict__.pop("distill_result", None)
     return student.train()
 
 
@@ -250,11 +249,9 @@ def _run_stage(student: nn.Module, teacher: nn.Module, data: StageData, config: 
             # the same logits distill() would ask for every epoch; jitter would change the inputs
             source = precompute_teacher(teacher, data.x_train)
         checkpoint = Path(checkpoint_dir) / f"{name}.ckpt" if checkpoint_dir else None
-        distill(student, source, data, config, checkpoint_path=checkpoint, resume=resume, progress=progress)
-        result = student.distill_result
+        result = distill(student, source, data, config, checkpoint_path=checkpoint, resume=resume, progress=progress).train
         if done is not None:
             _save_stage(student, done, config, result)
-    student.distill_result = result
     return result
 
 

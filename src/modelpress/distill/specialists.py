@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,10 +22,16 @@ from torch import nn
 
 from modelpress.core.errors import ConfigError, DataError, ShapeError
 from modelpress.core.io import atomic_write
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
 from modelpress.distill.losses import mixed_distillation_loss
-from modelpress.distill.specialist_math import (combine_distributions, dustbin_logit_correction, enriched_indices, remap_labels,
-                                                specialist_log_targets)
+from modelpress.distill.specialist_math import (
+    combine_distributions,
+    dustbin_logit_correction,
+    enriched_indices,
+    remap_labels,
+    specialist_log_targets,
+)
 from modelpress.measure.metrics import predict_logits
 from modelpress.train import TrainConfig, train
 
@@ -87,16 +93,18 @@ class SpecialistConfig:
         train: training settings of every specialist.
     """
 
-    n_specialists: int = 3
-    temperature: float = 2.0
-    alpha: float = 0.5
-    special_fraction: float = 0.5
-    top_k: int = 2
-    combine_steps: int = 50
-    combine_lr: float = 0.5
-    init_from_generalist: bool = True
-    correct_dustbin: bool = True
-    train: TrainConfig = field(default_factory=TrainConfig)
+    n_specialists: int = opt(3, "integer", lo=1, flag="specialists", tunable=True,
+                             help="k-means clusters of confusable classes, one specialist each")
+    temperature: float = opt(2.0, lo=0, lo_open=True, tunable=True, help="T of the generalist's soft targets")
+    alpha: float = opt(0.5, lo=0, hi=1, tunable=True, help="weight of the soft-target term")
+    special_fraction: float = opt(0.5, lo=0, hi=1, lo_open=True, hi_open=True,
+                                  help="fraction of a specialist's training set from its own classes")
+    top_k: int = opt(2, "integer", lo=1, help="the generalist's most probable classes that wake specialists")
+    combine_steps: int = opt(50, "integer", lo=0, expose=False)
+    combine_lr: float = opt(0.5, lo=0, lo_open=True, expose=False)
+    init_from_generalist: bool = opt(True, "bool", expose=False)
+    correct_dustbin: bool = opt(True, "bool", expose=False)
+    train: TrainConfig = nested(TrainConfig)
 
     def __post_init__(self) -> None:
         for name in ("n_specialists", "top_k"):
@@ -115,6 +123,7 @@ class SpecialistConfig:
             raise ConfigError(f"combine_lr must be positive; got {self.combine_lr!r}")
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"train must be a TrainConfig; got {type(self.train).__name__}")
+        check_declared(self)
 
 
 class SpecialistEnsemble(nn.Module):
@@ -341,3 +350,27 @@ def _record_clusters(path: Path, clusters: list[list[int]], resume: bool) -> Non
         return
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(clusters))
+
+
+MANIFEST_FORMAT = "modelpress-specialists"
+
+
+def write_specialists_manifest(path: str | os.PathLike[str], generalist: str, files: Sequence[dict], *, top_k: int,
+                               generalist_accuracy: float | None, combined_accuracy: float | None) -> dict:
+    """Write the JSON file that lists a generalist's specialists (``modelpress distill --method specialists``).
+
+    Args:
+        path: where the manifest goes (written atomically).
+        generalist: the generalist's model file.
+        files: ``{"file": ..., "classes": [...]}`` per specialist, in order.
+        top_k, generalist_accuracy, combined_accuracy: recorded as they are.
+
+    Returns:
+        The manifest written.
+    """
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "generalist": generalist, "specialists": list(files),
+                "top_k": top_k, "generalist_test_accuracy": generalist_accuracy,
+                "combined_test_accuracy": combined_accuracy}
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    return manifest

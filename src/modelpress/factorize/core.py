@@ -17,9 +17,11 @@ from torch import nn
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ShapeError
+from modelpress.core.options import check_declared, opt
 from modelpress.factorize import cp, svd, tucker
 from modelpress.measure.metrics import count_flops, count_params
 from modelpress.models.surgery import record_surgery, replace_module
+from modelpress.train.config import TrainConfig
 
 
 class Method(str, Enum):
@@ -62,15 +64,19 @@ class FactorizeConfig:
         als_iters: maximum ALS sweeps (cp).
     """
 
-    method: Method = Method.SVD
-    energy: float | None = _DEFAULT_ENERGY
-    flop_budget: float | None = None
-    ranks: dict | None = None
-    layers: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] = ()
-    skip_if_larger: bool = True
-    hooi_iters: int = 2
-    als_iters: int = 100
+    method: Method = opt(Method.SVD, "choice", choices=Method, tunable=True,
+                         help="svd: Linear layers into two; tucker: Tucker-2 convolutions (1x1, kxk, 1x1); "
+                              "cp: CP convolutions")
+    energy: float | None = opt(_DEFAULT_ENERGY, lo=0, hi=1, lo_open=True, optional=True, tunable=True,
+                               help="keep this fraction of squared singular values")
+    flop_budget: float | None = opt(None, lo=0, hi=1, lo_open=True, optional=True, tunable=True,
+                                    help="instead, keep at most this fraction of the FLOPs")
+    ranks: dict | None = None  # set from Python (layer name -> rank), not a flag or recipe field
+    layers: tuple[str, ...] | None = opt(None, "texts", optional=True, expose=False)
+    ignore: tuple[str, ...] = opt((), "texts", expose=False)
+    skip_if_larger: bool = opt(True, "bool", expose=False)
+    hooi_iters: int = opt(2, "integer", lo=0, expose=False)
+    als_iters: int = opt(100, "integer", lo=1, expose=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", coerce_enum(Method, self.method, "method"))
@@ -98,6 +104,7 @@ class FactorizeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "hooi_iters" else 1):
                 raise ConfigError(f"{name} must be an integer >= {0 if name == 'hooi_iters' else 1}; got {value!r}")
+        check_declared(self)
 
     def _rank(self, layer: str, value):
         def ok(r) -> bool:
@@ -111,6 +118,37 @@ class FactorizeConfig:
         if not ok(value):
             raise ConfigError(f"ranks[{layer!r}] must be an integer >= 1 for {self.method.value}; got {value!r}")
         return value
+
+
+@dataclass(frozen=True)
+class ShrinkConfig:
+    """Fine-tuning after a model was made smaller (channels removed, layers factorized, separable blocks):
+    the one declaration ``modelpress shrink`` and the recipe ``factorize`` stage derive their flags from.
+
+    Args:
+        finetune_epochs: SGD epochs after the change (0: none).
+        lr: their learning rate (cosine schedule, as :class:`TrainConfig`).
+        grad_clip: global gradient-norm clip; CP factors diverge without it.
+        batch_size: examples per step.
+        seed: seeds shuffling (shared with the data split).
+    """
+
+    finetune_epochs: int = opt(3, "integer", lo=0, tunable=True, help="fine-tuning epochs (0: none)")
+    lr: float = opt(0.01, lo=0, lo_open=True, tunable=True, help="fine-tuning learning rate")
+    grad_clip: float | None = opt(1.0, lo=0, lo_open=True, optional=True,
+                                  help="clip the gradient norm while fine-tuning (CP factors diverge without it)")
+    batch_size: int = opt(128, "integer", lo=1, help="examples per fine-tuning step")
+    seed: int = opt(0, "integer", lo=0, shared=True, help="seeds shuffling")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+    def train_config(self) -> TrainConfig | None:
+        """The fine-tuning run as the training loop's config; ``None`` when ``finetune_epochs`` is 0."""
+        if not self.finetune_epochs:
+            return None
+        return TrainConfig(epochs=self.finetune_epochs, lr=self.lr, batch_size=self.batch_size,
+                           grad_clip=self.grad_clip, seed=self.seed)
 
 
 @dataclass

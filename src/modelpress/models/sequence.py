@@ -1,9 +1,9 @@
 """Models for 1-D sequences (MNIST-1D): recurrent ``lstm`` / ``gru`` and a 1-D CNN, ``cnn1d``.
 
 They take one example of shape ``(L,)`` (one value per time step, as ``mnist1d`` gives) or ``(C, L)``
-(C features per step, channels first like ``Conv1d``) and are registered in the zoo's ``MODELS``, so
-``build_model("lstm:64", (40,), 10)``, ``save_model`` / ``load_model`` and the CLI take them like any
-other architecture. Geras et al. (2016), "Blending LSTMs into CNNs", distil a blend of both kinds into
+(C features per step, channels first like ``Conv1d``) and are listed in the zoo's
+``BUILT_IN_MODELS``, so ``build_model("lstm:64", (40,), 10)``, ``save_model`` / ``load_model`` and the
+CLI take them like any other architecture. Geras et al. (2016), "Blending LSTMs into CNNs", distil a blend of both kinds into
 one CNN; :mod:`modelpress.distill.blend` does that with these models.
 
 Spec strings:
@@ -26,7 +26,7 @@ from torch import nn
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ShapeError
-from modelpress.models.zoo import MODELS, _parse_widths, _take_options
+from modelpress.models.arch_args import parse_widths, take_options
 
 
 class Readout(str, Enum):
@@ -118,8 +118,8 @@ class RecurrentClassifier(nn.Module):
 
 
 def _build_recurrent(cell: str, args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options(cell, options, {"bidirectional": False, "readout": Readout.MEAN.value, "dropout": 0.0})
-    hidden = _parse_widths(cell, args) or [64]
+    opts = take_options(cell, options, {"bidirectional": False, "readout": Readout.MEAN.value, "dropout": 0.0})
+    hidden = parse_widths(cell, args) or [64]
     if not isinstance(opts["bidirectional"], bool):
         raise ConfigError(f"{cell} option bidirectional must be true or false, got {opts['bidirectional']!r}")
     if not 0.0 <= float(opts["dropout"]) < 1.0:
@@ -130,13 +130,11 @@ def _build_recurrent(cell: str, args: str, input_shape, num_classes, options) ->
                                float(opts["dropout"]))
 
 
-@MODELS.register("lstm")
-def _build_lstm(args: str, input_shape, num_classes, options) -> nn.Module:
+def build_lstm(args: str, input_shape, num_classes, options) -> nn.Module:
     return _build_recurrent("lstm", args, input_shape, num_classes, options)
 
 
-@MODELS.register("gru")
-def _build_gru(args: str, input_shape, num_classes, options) -> nn.Module:
+def build_gru(args: str, input_shape, num_classes, options) -> nn.Module:
     return _build_recurrent("gru", args, input_shape, num_classes, options)
 
 
@@ -181,10 +179,9 @@ class Conv1dNet(nn.Module):
         return self.head(x)  # (B, num_classes)
 
 
-@MODELS.register("cnn1d")
-def _build_cnn1d(args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options("cnn1d", options, {"kernel": 5, "stride": 2, "batchnorm": True, "pool": Pool.MAX.value})
-    channels = _parse_widths("cnn1d", args) or [25, 25, 25]
+def build_cnn1d(args: str, input_shape, num_classes, options) -> nn.Module:
+    opts = take_options("cnn1d", options, {"kernel": 5, "stride": 2, "batchnorm": True, "pool": Pool.MAX.value})
+    channels = parse_widths("cnn1d", args) or [25, 25, 25]
     for key in ("kernel", "stride"):
         if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
             raise ConfigError(f"cnn1d option {key} must be a positive integer, got {opts[key]!r}")

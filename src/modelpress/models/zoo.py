@@ -16,9 +16,10 @@ from torch import nn
 
 from modelpress.core.errors import ConfigError, ShapeError
 from modelpress.core.registry import Registry
+from modelpress.models.arch_args import parse_widths, require_image, take_options
+from modelpress.models.sequence import build_cnn1d, build_gru, build_lstm
 
 Builder = Callable[[str, tuple[int, ...], int, dict], nn.Module]
-MODELS: Registry[Builder] = Registry("model")
 
 
 @dataclass(frozen=True)
@@ -90,29 +91,6 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def _take_options(name: str, options: dict, allowed: dict) -> dict:
-    unknown = set(options) - set(allowed)
-    if unknown:
-        raise ConfigError(f"{name} got unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return {key: options.get(key, default) for key, default in allowed.items()}
-
-
-def _require_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise ShapeError(f"{name} needs image inputs (C, H, W); the data have shape {input_shape}")
-    return input_shape  # type: ignore[return-value]
-
-
-def _parse_widths(name: str, args: str) -> list[int]:
-    try:
-        widths = [int(w) for w in args.split("-")] if args else []
-    except ValueError:
-        raise ConfigError(f"{name} hidden sizes must look like '1200-1200', got {args!r}") from None
-    if any(w <= 0 for w in widths):
-        raise ConfigError(f"{name} hidden sizes must be positive, got {args!r}")
-    return widths
-
-
 class MLP(nn.Module):
     """Fully connected ReLU net: flatten -> [Linear -> ReLU -> Dropout] * k -> Linear.
 
@@ -137,16 +115,14 @@ class MLP(nn.Module):
         return self.net(x)  # (B, num_classes)
 
 
-@MODELS.register("mlp")
 def _build_mlp(args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options("mlp", options, {"dropout": 0.0, "input_dropout": 0.0})
+    opts = take_options("mlp", options, {"dropout": 0.0, "input_dropout": 0.0})
     for key, value in opts.items():
         if not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"mlp option {key} must be in [0, 1), got {value}")
-    return MLP(math.prod(input_shape), _parse_widths("mlp", args), num_classes, float(opts["dropout"]), float(opts["input_dropout"]))
+    return MLP(math.prod(input_shape), parse_widths("mlp", args), num_classes, float(opts["dropout"]), float(opts["input_dropout"]))
 
 
-@MODELS.register("lenet300_100")
 def _build_lenet300(args: str, input_shape, num_classes, options) -> nn.Module:
     """LeNet-300-100 (LeCun et al. 1998), the fully connected net of Han et al.'s Table 1."""
     if args:
@@ -177,12 +153,11 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("lenet5")
 def _build_lenet5(args: str, input_shape, num_classes, options) -> nn.Module:
     if args:
         raise ConfigError(f"lenet5 takes no arguments, got {args!r}")
-    _take_options("lenet5", options, {})
-    c, h, w = _require_image("lenet5", input_shape)
+    take_options("lenet5", options, {})
+    c, h, w = require_image("lenet5", input_shape)
     return LeNet5(c, h, w, num_classes)
 
 
@@ -226,13 +201,12 @@ class VGGMini(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("vgg_mini")
 def _build_vgg_mini(args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options("vgg_mini", options, {"hidden": 256, "dropout": 0.3})
-    base = _parse_widths("vgg_mini", args)
+    opts = take_options("vgg_mini", options, {"hidden": 256, "dropout": 0.3})
+    base = parse_widths("vgg_mini", args)
     if len(base) > 1:
         raise ConfigError(f"vgg_mini takes one base width such as 'vgg_mini:32', got {args!r}")
-    c, h, w = _require_image("vgg_mini", input_shape)
+    c, h, w = require_image("vgg_mini", input_shape)
     return VGGMini(c, h, w, num_classes, base[0] if base else 32, int(opts["hidden"]), float(opts["dropout"]))
 
 
@@ -264,13 +238,12 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("cnn")
 def _build_cnn(args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options("cnn", options, {"hidden": 0})
-    channels = _parse_widths("cnn", args) or [16, 32, 64]
+    opts = take_options("cnn", options, {"hidden": 0})
+    channels = parse_widths("cnn", args) or [16, 32, 64]
     if int(opts["hidden"]) < 0:
         raise ConfigError(f"cnn option hidden must be >= 0, got {opts['hidden']}")
-    c, h, w = _require_image("cnn", input_shape)
+    c, h, w = require_image("cnn", input_shape)
     return SmallCNN(c, h, w, num_classes, channels, int(opts["hidden"]))
 
 
@@ -294,13 +267,12 @@ class ShallowCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("shallow_cnn")
 def _build_shallow_cnn(args: str, input_shape, num_classes, options) -> nn.Module:
-    _take_options("shallow_cnn", options, {})
-    sizes = _parse_widths("shallow_cnn", args) or [16, 512]
+    take_options("shallow_cnn", options, {})
+    sizes = parse_widths("shallow_cnn", args) or [16, 512]
     if len(sizes) != 2:
         raise ConfigError(f"shallow_cnn takes 'CHANNELS-HIDDEN' such as 'shallow_cnn:16-512', got {args!r}")
-    c, h, w = _require_image("shallow_cnn", input_shape)
+    c, h, w = require_image("shallow_cnn", input_shape)
     return ShallowCNN(c, h, w, num_classes, sizes[0], sizes[1])
 
 
@@ -355,16 +327,31 @@ class MobileNetV2Tiny(nn.Module):
         return self.classifier(x)
 
 
-@MODELS.register("mobilenetv2_tiny")
 def _build_mobilenetv2_tiny(args: str, input_shape, num_classes, options) -> nn.Module:
-    opts = _take_options("mobilenetv2_tiny", options, {"width": 1.0, "last_channels": 256})
+    opts = take_options("mobilenetv2_tiny", options, {"width": 1.0, "last_channels": 256})
     if args:
         raise ConfigError(f"mobilenetv2_tiny takes no arguments (use the width option), got {args!r}")
     if float(opts["width"]) <= 0:
         raise ConfigError(f"mobilenetv2_tiny width must be positive, got {opts['width']}")
-    c, _, _ = _require_image("mobilenetv2_tiny", input_shape)
+    c, _, _ = require_image("mobilenetv2_tiny", input_shape)
     return MobileNetV2Tiny(c, num_classes, float(opts["width"]), int(opts["last_channels"]))
 
 
-# Sequence models live in their own file; importing it registers lstm, gru and cnn1d here.
-from modelpress.models import sequence as _sequence  # noqa: E402,F401
+# Every built-in architecture, in one place: adding one is a line here, and finding them needs no
+# import side effect. Models from elsewhere join with MODELS.register(name)(builder).
+BUILT_IN_MODELS: dict[str, Builder] = {
+    "mlp": _build_mlp,
+    "lenet300_100": _build_lenet300,
+    "lenet5": _build_lenet5,
+    "vgg_mini": _build_vgg_mini,
+    "cnn": _build_cnn,
+    "shallow_cnn": _build_shallow_cnn,
+    "mobilenetv2_tiny": _build_mobilenetv2_tiny,
+    "lstm": build_lstm,
+    "gru": build_gru,
+    "cnn1d": build_cnn1d,
+}
+
+MODELS: Registry[Builder] = Registry("model")
+for _name, _builder in BUILT_IN_MODELS.items():
+    MODELS.register(_name)(_builder)

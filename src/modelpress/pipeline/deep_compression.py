@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
 
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared, nested, opt
 from modelpress.data.base import DataSplits
 from modelpress.distill import DistillConfig
 from modelpress.distill.core import DistillationObjective
@@ -65,17 +66,26 @@ class DeepCompressionConfig:
             The accuracy reported is the rounded model's, as always measured on the file.
     """
 
+    # The stage configs are set from Python (None skips a stage); users set them through CompressConfig.
     prune: PruneConfig | None = PruneConfig(sparsity=0.9)
-    prune_steps: int = 1
+    prune_steps: int = opt(1, "integer", lo=1, tunable=True, help="iterative pruning in N steps")
     prune_retrain: TrainConfig | None = TrainConfig(epochs=5, lr=0.01)
     quantize: QuantizeConfig = QuantizeConfig()
     quantize_retrain: TrainConfig | None = TrainConfig(epochs=3, optimizer="adam", lr=1e-4, schedule="constant")
     self_distill: DistillConfig | None = None
-    index_bits_fc: int = 5
-    index_bits_conv: int = 8
-    gradual: float | None = None
-    context_masks: bool = True
-    float16: bool = False
+    index_bits_fc: int = opt(5, "integer", lo=1, hi=16, tunable=True,
+                             help="bits per relative sparse index of fully connected layers")
+    index_bits_conv: int = opt(8, "integer", lo=1, hi=16, tunable=True, help="bits per relative sparse index of convolutions")
+    gradual: float | None = opt(None, lo=0, hi=1, lo_open=True, optional=True, metavar="FRACTION",
+                                help="prune gradually within one retraining run of --retrain-epochs, reaching the "
+                                     "targets after this fraction of it (Zhu & Gupta's ramp) instead of in "
+                                     "--prune-steps steps")
+    context_masks: bool = opt(True, "bool",
+                              help="code sparsity patterns with the context-coded mask or spatial layout where that "
+                                   "is smaller (--no-context-masks: relative indices only, readable by older modelpress)")
+    float16: bool = opt(False, "bool",
+                        help="round centroids, biases and every other float the file stores to float16 after "
+                             "fine-tuning: half their bytes")
 
     def __post_init__(self) -> None:
         if self.prune_steps < 1:
@@ -87,6 +97,104 @@ class DeepCompressionConfig:
         # checked here, not when the file is written, so a bad value never costs the retraining
         check_index_bits(self.index_bits_fc, "index_bits_fc")
         check_index_bits(self.index_bits_conv, "index_bits_conv")
+        check_declared(self)
+
+
+UNSTRUCTURED_CRITERIA = ("magnitude", "global", "threshold", "sensitivity")
+_DEFAULTS = DeepCompressionConfig()  # the one place the retraining defaults below are read from
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Deep Compression as a user sets it: the one declaration of ``modelpress compress``'s flags and of
+    the recipe ``prune`` / ``quantize`` / ``encode`` stages' fields (each exposes its part).
+
+    :meth:`deep_compression_config` turns it into the :class:`DeepCompressionConfig` the pipeline runs;
+    the retraining defaults are :class:`DeepCompressionConfig`'s own.
+
+    Args:
+        criterion: ``magnitude``, ``global``, ``threshold`` (Han's ``quality`` x std) or ``sensitivity``
+            (the kept weights spread over the layers by a scan on the validation split).
+        prune: ``sparsity`` and ``quality`` of the pruning step.
+        steps: iterative pruning in this many steps (``DeepCompressionConfig.prune_steps``).
+        retrain_epochs, retrain_lr, grad_clip: retraining after each pruning step (0 epochs: none).
+        batch_size: of retraining and centroid fine-tuning.
+        quantize: bits per layer type and centroid initialisation.
+        finetune_epochs, finetune_lr: centroid fine-tuning with Adam at a constant rate (0 epochs: none).
+        coding: index bits, gradual pruning, context masks, float16 (:class:`DeepCompressionConfig`).
+        self_distill, temperature, alpha: retrain and fine-tune against the uncompressed model's soft targets.
+        seed: seeds retraining and the random centroid initialisation.
+    """
+
+    criterion: str = opt("magnitude", "choice", choices=UNSTRUCTURED_CRITERIA, tunable=True,
+                         help="per-layer (magnitude), one threshold for all layers (global), Han's threshold, or the "
+                              "kept weights spread over the layers by a sensitivity scan on the validation split")
+    prune: PruneConfig = nested(PruneConfig, expose=("sparsity", "quality"))
+    steps: int = opt(_DEFAULTS.prune_steps, "integer", lo=1, tunable=True, flag="prune-steps",
+                     help="iterative pruning in N steps")
+    retrain_epochs: int = opt(_DEFAULTS.prune_retrain.epochs, "integer", lo=0, tunable=True,
+                              help="retraining epochs after each pruning step")
+    retrain_lr: float = opt(_DEFAULTS.prune_retrain.lr, lo=0, lo_open=True, tunable=True, help="retraining learning rate")
+    grad_clip: float | None = opt(_DEFAULTS.prune_retrain.grad_clip, lo=0, lo_open=True, optional=True,
+                                  help="clip the gradient norm while retraining")
+    batch_size: int = opt(_DEFAULTS.prune_retrain.batch_size, "integer", lo=1,
+                          help="batch size of retraining and fine-tuning")
+    quantize: QuantizeConfig = nested(QuantizeConfig, expose=("bits_fc", "bits_conv", "init"))
+    finetune_epochs: int = opt(_DEFAULTS.quantize_retrain.epochs, "integer", lo=0, tunable=True,
+                               help="centroid fine-tuning epochs (0: none)")
+    finetune_lr: float = opt(_DEFAULTS.quantize_retrain.lr, lo=0, lo_open=True, tunable=True,
+                             help="Adam learning rate of the centroids")
+    coding: DeepCompressionConfig = nested(DeepCompressionConfig, expose=("index_bits_fc", "index_bits_conv", "gradual",
+                                                                          "context_masks", "float16"))
+    self_distill: bool = opt(False, "bool", help="retrain and fine-tune with the uncompressed model's soft targets "
+                                                 "as well as the labels")
+    temperature: float = opt(2.0, lo=0, lo_open=True, tunable=True, help="with --self-distill")
+    alpha: float = opt(0.9, lo=0, hi=1, tunable=True, help="with --self-distill: weight of the soft targets")
+    seed: int = opt(0, "integer", lo=0, shared=True, help="seeds retraining and centroid initialisation")
+
+    def __post_init__(self) -> None:
+        if self.criterion == "threshold" and self.prune.criterion.value != "threshold":
+            object.__setattr__(self, "prune", replace(self.prune, criterion="threshold"))
+        elif self.criterion in ("magnitude", "global") and self.prune.criterion.value != self.criterion:
+            object.__setattr__(self, "prune", replace(self.prune, criterion=self.criterion))
+        check_declared(self)
+
+    def retrain_config(self) -> TrainConfig | None:
+        """Retraining after each pruning step; ``None`` for 0 epochs."""
+        if not self.retrain_epochs:
+            return None
+        return replace(_DEFAULTS.prune_retrain, epochs=self.retrain_epochs, lr=self.retrain_lr,
+                       batch_size=self.batch_size, grad_clip=self.grad_clip, seed=self.seed)
+
+    def finetune_config(self) -> TrainConfig | None:
+        """Centroid fine-tuning (Adam, constant rate); ``None`` for 0 epochs."""
+        if not self.finetune_epochs:
+            return None
+        return replace(_DEFAULTS.quantize_retrain, epochs=self.finetune_epochs, lr=self.finetune_lr,
+                       batch_size=self.batch_size, seed=self.seed)
+
+    def prune_config(self, layer_sparsity: dict | None = None) -> PruneConfig:
+        """The pruning step; ``sensitivity`` needs the per-layer targets its scan found.
+
+        Raises:
+            ConfigError: ``sensitivity`` without ``layer_sparsity``.
+        """
+        if self.criterion == "sensitivity":
+            if layer_sparsity is None:
+                raise ConfigError("criterion sensitivity needs the per-layer targets of sensitivity_sparsity()")
+            return PruneConfig(sparsity=0.0, layer_sparsity=layer_sparsity)
+        return self.prune
+
+    def quantize_config(self) -> QuantizeConfig:
+        """Weight sharing, seeded with ``seed``."""
+        return replace(self.quantize, seed=self.seed)
+
+    def deep_compression_config(self, layer_sparsity: dict | None = None) -> DeepCompressionConfig:
+        """The pipeline's config (see :meth:`prune_config` for ``layer_sparsity``)."""
+        kd = DistillConfig(temperature=self.temperature, alpha=self.alpha) if self.self_distill else None
+        return replace(self.coding, prune=self.prune_config(layer_sparsity), prune_steps=self.steps,
+                       prune_retrain=self.retrain_config(), quantize=self.quantize_config(),
+                       quantize_retrain=self.finetune_config(), self_distill=kd)
 
 
 @dataclass

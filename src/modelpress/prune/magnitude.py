@@ -15,6 +15,7 @@ from torch.nn.utils import prune as torch_prune
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared, opt
 from modelpress.prune.scores import global_magnitude_masks, magnitude_mask, threshold_mask, unit_mask
 
 LayerFilter = Callable[[nn.Module, str], bool]
@@ -41,10 +42,12 @@ class PruneConfig:
             layer as Han et al. did for conv1.
     """
 
-    criterion: Criterion = Criterion.MAGNITUDE
-    sparsity: float = 0.9
-    quality: float = 1.0
-    layer_sparsity: dict = field(default_factory=dict)
+    criterion: Criterion = opt(Criterion.MAGNITUDE, "choice", choices=Criterion,
+                               help="per-layer (magnitude), Han's threshold, one threshold for all layers (global), "
+                                    "or rarely active units (activation)")
+    sparsity: float = opt(0.9, lo=0, hi=1, hi_open=True, tunable=True, help="fraction of weights removed")
+    quality: float = opt(1.0, lo=0, tunable=True, help="Han et al.'s threshold: remove |w| <= quality x std")
+    layer_sparsity: dict = field(default_factory=dict)  # set from Python (module names), not a flag or recipe field
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criterion", coerce_enum(Criterion, self.criterion, "criterion"))
@@ -54,6 +57,7 @@ class PruneConfig:
                 raise ConfigError(f"{name} must be in [0, 1); got {value}")
         if self.quality < 0:
             raise ConfigError(f"quality must be >= 0; got {self.quality}")
+        check_declared(self)
 
 
 def prunable_layers(model: nn.Module, filter_fn: LayerFilter | None = None) -> dict[str, nn.Module]:

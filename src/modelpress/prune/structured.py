@@ -21,6 +21,7 @@ from torch import nn
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared, opt
 from modelpress.measure.metrics import count_flops, count_params
 from modelpress.models.surgery import record_surgery
 from modelpress.prune import channel_scores as cs
@@ -52,14 +53,17 @@ class StructuredConfig:
         data_examples: examples the ``apoz`` and ``taylor`` criteria look at.
     """
 
-    amount: float = 0.5
-    criterion: ChannelCriterion = ChannelCriterion.L1
-    layers: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] = ()
-    round_to: int = 1
-    min_channels: int = 1
-    global_ranking: bool = False
-    data_examples: int = 1024
+    amount: float = opt(0.5, lo=0, hi=1, hi_open=True, tunable=True, metavar="FRACTION",
+                        help="fraction of every prunable layer's channels/neurons removed")
+    criterion: ChannelCriterion = opt(ChannelCriterion.L1, "choice", choices=ChannelCriterion, tunable=True,
+                                      help="channel importance: filter norm, average percentage of zeros, "
+                                           "or first-order Taylor")
+    layers: tuple[str, ...] | None = opt(None, "texts", optional=True, expose=False)
+    ignore: tuple[str, ...] = opt((), "texts", expose=False)
+    round_to: int = opt(1, "integer", lo=1, expose=False)
+    min_channels: int = opt(1, "integer", lo=1, expose=False)
+    global_ranking: bool = opt(False, "bool", expose=False)
+    data_examples: int = opt(1024, "integer", lo=1, expose=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criterion", coerce_enum(ChannelCriterion, self.criterion, "criterion"))
@@ -76,6 +80,7 @@ class StructuredConfig:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name} must be a list of module names such as ['features.0.0']; got {value!r}")
             object.__setattr__(self, name, tuple(value))
+        check_declared(self)
 
     @property
     def needs_data(self) -> bool:

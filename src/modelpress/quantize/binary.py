@@ -24,6 +24,7 @@ from torch import nn
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared, opt
 from modelpress.prune.magnitude import LayerFilter, is_pruned
 from modelpress.quantize.sharing import is_shared
 
@@ -77,13 +78,15 @@ class BinaryConfig:
             gradient outside it. Absolute: the ``stochastic`` mode needs latent weights spread over it.
     """
 
-    mode: BinaryMode = BinaryMode.SIGN
-    scale: BinaryScale = BinaryScale.MEAN
-    per_channel: bool = False
-    layers: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] = ()
-    keep_first_last: bool = True
-    clip: float = 1.0
+    mode: BinaryMode = opt(BinaryMode.SIGN, "choice", choices=BinaryMode, tunable=True,
+                           help="deterministic sign, or BinaryConnect's stochastic binarization while training")
+    scale: BinaryScale = opt(BinaryScale.MEAN, "choice", choices=BinaryScale, tunable=True,
+                             help="none (BinaryConnect) or mean |W| (XNOR-Net's BWN)")
+    per_channel: bool = opt(False, "bool", help="with scale mean: one scale per output channel")
+    layers: tuple[str, ...] | None = opt(None, "texts", optional=True, help="module names to binarize (default all)")
+    ignore: tuple[str, ...] = opt((), "texts", help="module names left in full precision")
+    keep_first_last: bool = opt(True, "bool", help="keep the first convolution and the logits layer in full precision")
+    clip: float = opt(1.0, lo=0, lo_open=True, tunable=True, help="latent weights are clipped to [-clip, clip]")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", coerce_enum(BinaryMode, self.mode, "mode"))
@@ -91,6 +94,7 @@ class BinaryConfig:
         if self.per_channel and self.scale is BinaryScale.NONE:
             raise ConfigError("per_channel needs scale='mean' (there is no scale to share per channel with scale='none')")
         _check_selection(self)
+        check_declared(self)
 
 
 @dataclass(frozen=True)
@@ -108,13 +112,15 @@ class TernaryConfig:
         layers, ignore, keep_first_last, clip: as in :class:`BinaryConfig`.
     """
 
-    threshold: TernaryThreshold = TernaryThreshold.FIXED
-    delta_factor: float = 0.7
-    t: float = 0.05
-    layers: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] = ()
-    keep_first_last: bool = True
-    clip: float = 1.0
+    threshold: TernaryThreshold = opt(TernaryThreshold.FIXED, "choice", choices=TernaryThreshold, tunable=True,
+                                      help="fixed (TWN: delta_factor x mean|W|) or learned scales (TTQ)")
+    delta_factor: float = opt(0.7, lo=0, hi=2, lo_open=True, hi_open=True, tunable=True,
+                              help="TWN's threshold factor")
+    t: float = opt(0.05, lo=0, hi=1, lo_open=True, hi_open=True, tunable=True, help="TTQ's threshold ratio")
+    layers: tuple[str, ...] | None = opt(None, "texts", optional=True, help="module names to ternarize (default all)")
+    ignore: tuple[str, ...] = opt((), "texts", help="module names left in full precision")
+    keep_first_last: bool = opt(True, "bool", help="keep the first convolution and the logits layer in full precision")
+    clip: float = opt(1.0, lo=0, lo_open=True, tunable=True, help="latent weights are clipped to [-clip, clip]")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", coerce_enum(TernaryThreshold, self.threshold, "threshold"))
@@ -123,6 +129,7 @@ class TernaryConfig:
         if not 0 < self.t < 1:
             raise ConfigError(f"t must be in (0, 1); got {self.t!r}")
         _check_selection(self)
+        check_declared(self)
 
 
 def straight_through(latent: torch.Tensor, quantized: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from torch import nn
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ModelFileError, ShapeError
 from modelpress.core.io import atomic_write
+from modelpress.core.options import check_declared, opt
 
 
 class Int8Mode(str, Enum):
@@ -73,19 +74,25 @@ class Int8Config:
         ema_momentum: QAT observers: ``range <- (1 - m) range + m batch_range`` (Jacob et al.'s EMA).
         use_qat_ranges: QAT conversion takes layer input ranges from the observers, not calibration.
         opset: ONNX opset of the float export.
+        calibration: calibration examples a command or recipe draws (seeded) from the training split.
+        epochs, lr: QAT fine-tuning of a model not yet prepared (SGD, see :meth:`qat_train_config`).
     """
 
-    mode: Int8Mode = Int8Mode.DYNAMIC
-    per_channel: bool = True
-    weight_type: WeightType = WeightType.QINT8
-    dynamic_convs: bool = False
-    method: CalibrationMethod = CalibrationMethod.MINMAX
-    quant_format: QuantFormat = QuantFormat.QDQ
-    calibration_batch: int = 64
-    max_calibration: int = 1024
-    ema_momentum: float = 0.01
-    use_qat_ranges: bool = True
-    opset: int = 17
+    mode: Int8Mode = opt(Int8Mode.DYNAMIC, "choice", choices=Int8Mode, tunable=True,
+                         help="dynamic (no data needed), static (calibrated), qat (fine-tuned with fake quantization)")
+    per_channel: bool = opt(True, "bool", expose=False)
+    weight_type: WeightType = opt(WeightType.QINT8, "choice", choices=WeightType, expose=False)
+    dynamic_convs: bool = opt(False, "bool", expose=False)
+    method: CalibrationMethod = opt(CalibrationMethod.MINMAX, "choice", choices=CalibrationMethod, expose=False)
+    quant_format: QuantFormat = opt(QuantFormat.QDQ, "choice", choices=QuantFormat, expose=False)
+    calibration_batch: int = opt(64, "integer", lo=1, expose=False)
+    max_calibration: int = opt(1024, "integer", lo=1, expose=False)
+    ema_momentum: float = opt(0.01, lo=0, hi=1, lo_open=True, expose=False)
+    use_qat_ranges: bool = opt(True, "bool", expose=False)
+    opset: int = opt(17, "integer", lo=7, help="ONNX opset")
+    calibration: int = opt(512, "integer", lo=1, metavar="N", help="calibration examples from the training split")
+    epochs: int = opt(2, "integer", lo=1, help="qat: fine-tuning epochs")
+    lr: float = opt(0.005, lo=0, lo_open=True, help="qat: SGD learning rate")
 
     def __post_init__(self) -> None:
         for name, cls in (("mode", Int8Mode), ("weight_type", WeightType), ("method", CalibrationMethod),
@@ -96,6 +103,13 @@ class Int8Config:
                 raise ConfigError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if not 0.0 < self.ema_momentum <= 1.0:
             raise ConfigError(f"ema_momentum must be in (0, 1]; got {self.ema_momentum!r}")
+        check_declared(self)
+
+    def qat_train_config(self, seed: int = 0):
+        """The QAT fine-tuning run (``epochs``, ``lr``, seeded) as the training loop's config."""
+        from modelpress.train import TrainConfig  # imported here as quantize_int8 does
+
+        return TrainConfig(epochs=self.epochs, lr=self.lr, seed=seed)
 
 
 # ---------------------------------------------------------------- ONNX Runtime quantization

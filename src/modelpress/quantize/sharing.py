@@ -19,6 +19,7 @@ from torch.nn.utils import prune as torch_prune
 
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared, opt
 from modelpress.prune.magnitude import LayerFilter, effective_weight, is_pruned, prunable_layers
 from modelpress.quantize.kmeans import CentroidInit, kmeans_1d
 
@@ -36,18 +37,20 @@ class QuantizeConfig:
         seed: seeds the ``random`` initialisation.
     """
 
-    bits_fc: int = 5
-    bits_conv: int = 8
-    layer_bits: dict = field(default_factory=dict)
-    init: CentroidInit = CentroidInit.LINEAR
-    iters: int = 50
-    seed: int = 0
+    bits_fc: int = opt(5, "integer", lo=1, hi=16, tunable=True, help="bits per shared weight of fully connected layers")
+    bits_conv: int = opt(8, "integer", lo=1, hi=16, tunable=True, help="bits per shared weight of convolutions")
+    layer_bits: dict = field(default_factory=dict)  # set from Python (module names), not a flag or recipe field
+    init: CentroidInit = opt(CentroidInit.LINEAR, "choice", choices=CentroidInit, tunable=True,
+                             help="centroid initialisation")
+    iters: int = opt(50, "integer", lo=1, expose=False)
+    seed: int = opt(0, "integer", lo=0, shared=True, help="seeds the random initialisation")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init", coerce_enum(CentroidInit, self.init, "init"))
         for name, bits in {"bits_fc": self.bits_fc, "bits_conv": self.bits_conv, **self.layer_bits}.items():
             if not (isinstance(bits, int) and 1 <= bits <= 16):
                 raise ConfigError(f"bits for {name} must be an integer in [1, 16]; got {bits!r}")
+        check_declared(self)
 
     def bits_for(self, name: str, module: nn.Module) -> int:
         if name in self.layer_bits:

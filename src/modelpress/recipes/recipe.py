@@ -180,7 +180,9 @@ def _parse_stage(index: int, item: Any, earlier: list[StageSpec], base_dir: Path
         raise ConfigError(f"{where} field 'kind' must be one of: {', '.join(STAGE_KINDS)}, got {kind!r}")
     if any(s.name == name for s in earlier):
         raise ConfigError(f"{where} the name {name!r} is already used by an earlier stage; give this stage its own 'name'")
-    options, tunables = parse_options(STAGE_KINDS[kind], item, where, skip=("kind", "name", "input"))
+    cls = STAGE_KINDS[kind]
+    cls = cls.for_raw(item, where) if hasattr(cls, "for_raw") else cls  # distill: the stage class of its method
+    options, tunables = parse_options(cls, item, where, skip=("kind", "name", "input"))
     source = _source(kind, item, options, earlier, where)
     teacher = source if kind in ("distill", "tree") else None
     if kind == "load":

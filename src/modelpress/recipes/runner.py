@@ -34,6 +34,7 @@ import yaml
 
 from modelpress.core.errors import ConfigError, ModelFileError
 from modelpress.core.io import atomic_write
+from modelpress.core.options import flatten
 from modelpress.data import load_dataset
 from modelpress.distributed import barrier, init_distributed, is_main_process
 from modelpress.measure import write_json
@@ -72,7 +73,7 @@ def stage_hashes(recipe: Recipe) -> dict[str, str]:
     hashes: dict[str, str] = {}
     data = asdict(recipe.data)
     for stage in recipe.stages:
-        content = {"kind": stage.kind, "options": asdict(stage.options), "data": data, "seed": recipe.seed,
+        content = {"kind": stage.kind, "options": flatten(stage.options), "data": data, "seed": recipe.seed,
                    "input": hashes.get(stage.input), "teacher": hashes.get(stage.teacher)}
         if stage.kind == "load":
             path = Path(stage.options.path).expanduser()
@@ -113,7 +114,7 @@ def _check_resumable(recipe: Recipe, rundir: Path, old: list[dict], hashes: dict
         if entry["status"] != "done" or not (rundir / entry["folder"] / entry["output"]).is_file():
             continue
         if entry["name"] != stage.name or entry["hash"] != hashes[stage.name]:
-            changed = _changed_options(entry.get("options", {}), asdict(stage.options)) if entry["name"] == stage.name else ""
+            changed = _changed_options(entry.get("options", {}), flatten(stage.options)) if entry["name"] == stage.name else ""
             raise ConfigError(
                 f"{rundir} holds finished stage {stage.index} '{entry['name']}' of a different recipe "
                 f"({changed or 'it, its inputs, the data or the seed changed'}); use a new run folder, or delete "
@@ -189,7 +190,7 @@ def run_recipe(recipe: Recipe, rundir: str | Path, *, progress: bool | None = Fa
 def _entry(stage: StageSpec, digest: str, old: list[dict], rundir: Path) -> dict:
     entry = {"index": stage.index, "name": stage.name, "kind": stage.kind, "hash": digest, "status": "pending",
              "folder": f"stage_{stage.index}_{stage.name}", "output": "", "input": stage.input, "teacher": stage.teacher,
-             "options": asdict(stage.options), "tuned": sorted(stage.tunables), "metrics": {}, "info": {}, "seconds": None}
+             "options": flatten(stage.options), "tuned": sorted(stage.tunables), "metrics": {}, "info": {}, "seconds": None}
     if stage.index <= len(old):
         before = old[stage.index - 1]
         if before["status"] == "done" and before["hash"] == digest and (rundir / before["folder"] / before["output"]).is_file():

@@ -4,8 +4,8 @@ The stage kinds and what they call:
 
 - ``train``: a zoo model trained from scratch (:func:`modelpress.train.train`).
 - ``load``: a ``.mpk`` / ``.mpz`` file made elsewhere.
-- ``distill``: a student from the teacher stage (:mod:`modelpress.distill`: hinton, logits,
-  early-stopped, born-again, fitnets, attention).
+- ``distill``: a student from the teacher stage, by any method of :data:`modelpress.distill.methods.METHODS`
+  (its fields generated from the method's config).
 - ``prune``: unstructured (magnitude, global, threshold; :func:`modelpress.pipeline.prune_and_retrain`)
   or structured (whole channels; :func:`modelpress.prune.structured_prune`), then retraining.
 - ``quantize``: k-means weight sharing with centroid fine-tuning (:func:`modelpress.quantize.quantize_`).
@@ -13,48 +13,67 @@ The stage kinds and what they call:
 - ``factorize``: SVD / Tucker-2 / CP (:func:`modelpress.factorize.factorize_`), fine-tuned.
 - ``int8``: an int8 ONNX file for ONNX Runtime (:func:`modelpress.quantize.quantize_int8`).
 - ``export``: a float ONNX file checked in ONNX Runtime (:func:`modelpress.export.export_onnx`).
-- ``tree``: ensemble -> one born-again tree (:class:`modelpress.trees.BornAgainTreeClassifier`).
+- ``tree``: ensemble -> one born-again tree (:class:`modelpress.tabular.trees.BornAgainTreeClassifier`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, make_dataclass, replace
+from typing import Any
 
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import Nested, check_declared, flat_fields, nested
+from modelpress.distill.methods import METHODS, with_seed
+from modelpress.factorize.core import FactorizeConfig, ShrinkConfig
+from modelpress.pipeline.deep_compression import UNSTRUCTURED_CRITERIA, CompressConfig, DeepCompressionConfig
+from modelpress.prune.structured import ChannelCriterion
+from modelpress.quantize.int8 import Int8Config
 from modelpress.recipes.fields import opt
 from modelpress.train import TrainConfig
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "exponential")
-GRAD_COMPRESSIONS = ("terngrad", "powersgd")
+# a stage's seed is the recipe's top-level seed, so no stage offers it as a field
+_TRAIN_FIELDS = tuple(item.name for item in flat_fields(TrainConfig) if item.name != "seed")
+
+
+class _Forward:
+    """Read nested configs' fields as the stage's own (``stage.lr`` for ``stage.train.lr``), as recipes name them."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy/pickle probe before __dict__ exists
+            raise AttributeError(name)
+        found = _find(self, name)
+        if found is _MISSING:
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
+        return found
+
+
+_MISSING = object()
+
+
+def _find(config: Any, name: str) -> Any:
+    """The value of field ``name`` in ``config``'s nested configs, depth first (``_MISSING`` if none)."""
+    for f in fields(config):
+        if "nested" not in f.metadata or f.name not in config.__dict__:
+            continue
+        inner = config.__dict__[f.name]
+        if name in inner.__dict__:
+            return inner.__dict__[name]
+        found = _find(inner, name)
+        if found is not _MISSING:
+            return found
+    return _MISSING
 
 
 @dataclass(frozen=True)
-class TrainingOptions:
-    """The training loop's settings that a recipe may set (and tune) on any stage that trains."""
+class TrainingOptions(_Forward):
+    """The training loop's settings that a recipe may set (and tune) on any stage that trains: every
+    option :class:`TrainConfig` declares but the seed, which is the recipe's."""
 
-    epochs: int = opt(10, "integer", lo=1, tunable=True)
-    batch_size: int = opt(128, "integer", lo=1, tunable=True)
-    optimizer: str = opt("sgd", "choice", choices=OPTIMIZERS, tunable=True)
-    lr: float = opt(0.05, lo=0, lo_open=True, tunable=True)
-    momentum: float = opt(0.9, lo=0, hi=1, hi_open=True, tunable=True)
-    weight_decay: float = opt(0.0, lo=0, tunable=True)
-    schedule: str = opt("cosine", "choice", choices=SCHEDULES, tunable=True)
-    patience: int | None = opt(None, "integer", lo=1, optional=True)
-    jitter: int = opt(0, "integer", lo=0, tunable=True)
-    grad_clip: float | None = opt(None, lo=0, lo_open=True, optional=True, tunable=True)
-    max_norm: float | None = opt(None, lo=0, lo_open=True, optional=True, tunable=True)
-    # Only under torchrun (several processes); one process ignores them and says so.
-    grad_compression: str | None = opt(None, "choice", choices=GRAD_COMPRESSIONS, optional=True, tunable=True)
-    powersgd_rank: int = opt(1, "integer", lo=1, tunable=True)
+    train: TrainConfig = nested(TrainConfig, expose=_TRAIN_FIELDS)
 
     def train_config(self, seed: int) -> TrainConfig:
         """These settings as the training loop's config."""
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
-                           patience=self.patience, jitter=self.jitter, grad_clip=self.grad_clip,
-                           max_norm=self.max_norm, grad_compression=self.grad_compression,
-                           powersgd_rank=self.powersgd_rank, seed=seed)
+        return replace(self.train, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -73,66 +92,88 @@ class LoadStage:
     path: str = opt(type="text", help="a .mpk or .mpz model file")
 
 
-DISTILL_METHODS = ("hinton", "logits", "early-stopped", "born-again", "fitnets", "attention")
-
-
 @dataclass(frozen=True)
-class DistillStage(TrainingOptions):
-    """Distil the teacher stage's model into a student (``teacher:`` names it; default: the stage before)."""
+class DistillStage(_Forward):
+    """Distil the teacher stage's model into a student (``teacher:`` names it; default: the stage before).
 
-    method: str = opt("hinton", "choice", choices=DISTILL_METHODS)
+    ``method`` is any registered method (:data:`modelpress.distill.methods.METHODS`); the stage's other
+    fields are the method's own options, generated from its config (:func:`distill_stage_class`), so a
+    recipe, the CLI and Python build the same config. The seed is the recipe's.
+    """
+
+    method: str = opt("hinton", "choice", choices=tuple(METHODS.names()), help="the distillation method")
     student: str | None = opt(None, "text", optional=True, help="a zoo architecture such as mlp:800-800")
     teacher: str | None = opt(None, "text", optional=True, help="the name of an earlier stage")
     dropout: float | None = opt(None, lo=0, hi=1, hi_open=True, optional=True, tunable=True)
-    temperature: float = opt(4.0, lo=0, lo_open=True, tunable=True)
-    alpha: float | None = opt(None, lo=0, hi=1, optional=True, tunable=True)
-    kd_epochs: int | None = opt(None, "integer", lo=1, optional=True, tunable=True)
-    generations: int = opt(3, "integer", lo=1)
-    layers: str | None = opt(None, "text", optional=True, help="student:teacher layer pairs, S:T[,S:T...]")
-    beta: float = opt(1000.0, lo=0, lo_open=True, tunable=True)
-    stage1_epochs: int = opt(2, "integer", lo=1, tunable=True)
-    stage1_lr: float = opt(1e-3, lo=0, lo_open=True, tunable=True)
-    precompute: bool = opt(True, "bool")
+    precompute: bool = opt(True, "bool", help="run the teacher once over the training split, not every epoch")
 
     def __post_init__(self) -> None:
-        if self.method == "born-again":
+        entry = METHODS.get(self.method)
+        if entry.student == "teacher":
             if self.student is not None:
-                raise ConfigError("born-again trains the teacher's own architecture: drop 'student'")
+                raise ConfigError(f"{self.method} trains the teacher's own architecture: drop 'student'")
         elif self.student is None:
             raise ConfigError(f"field 'student' is required for method {self.method} (a zoo architecture such as mlp:800-800)")
-        if self.kd_epochs is not None and self.method != "early-stopped":
-            raise ConfigError("field 'kd_epochs' belongs to method early-stopped")
-        if self.method == "early-stopped" and self.kd_epochs is None:
-            raise ConfigError("method early-stopped needs field 'kd_epochs' (epochs with the teacher term)")
-        if self.jitter and self.precompute and self.method in ("hinton", "logits", "early-stopped", "born-again"):
+        refuses_store = entry.teacher == "outputs" or entry.student == "teacher"
+        if refuses_store and self.precompute and getattr(self, "jitter", 0):
             raise ConfigError("jitter shifts the inputs, so precomputed teacher outputs would not match: set precompute: false")
 
-    @property
-    def alpha_or_default(self) -> float:
-        """The teacher term's weight: as given, else the method's paper default (born-again 1, attention 0, else 0.9)."""
-        if self.alpha is not None:
-            return self.alpha
-        return {"born-again": 1.0, "attention": 0.0}.get(self.method, 0.9)
+    @classmethod
+    def for_raw(cls, raw: dict, where: str) -> type:
+        """The stage class of the method ``raw`` names (its fields: the common ones and the method's options).
+
+        Raises:
+            ConfigError: an unknown method, or an option the method does not offer.
+        """
+        name = raw.get("method", "hinton")
+        if not isinstance(name, str) or name not in METHODS:
+            raise ConfigError(f"{where} field 'method' must be one of: {', '.join(METHODS.names())}, got {name!r}")
+        stage = distill_stage_class(name)
+        known = {item.name for item in flat_fields(stage)} - set(_refused(name))
+        for key in raw:
+            if key in _refused(name):
+                raise ConfigError(f"{where} unknown field {key!r} for method {name}; known fields: {', '.join(sorted(known))}")
+        return stage
+
+    def method_config(self, seed: int) -> Any:
+        """The method's config, with the recipe's ``seed`` and what the method fixes (the ``logits`` loss)."""
+        entry = METHODS.get(self.method)
+        config = with_seed(self.config, seed)
+        return replace(config, **entry.preset) if entry.preset else config
+
+
+def _refused(method: str) -> tuple[str, ...]:
+    """Flat names of the method's config that a recipe may not set: the recipe's seed, and what the method skips."""
+    return ("seed", *METHODS.get(method).skip)
+
+
+_STAGE_CLASSES: dict[str, type] = {}
+
+
+def distill_stage_class(method: str) -> type:
+    """The :class:`DistillStage` subclass of ``method``: its ``config`` field is the method's config, nested."""
+    if method not in _STAGE_CLASSES:
+        entry = METHODS.get(method)
+        # no default instance: a method may have required options; build() makes it from the stage's fields
+        spec = field(default=None, metadata={"nested": Nested(entry.config)})
+        cls = make_dataclass(f"DistillStage[{method}]", [("config", entry.config, spec)], bases=(DistillStage,), frozen=True)
+        cls.__module__ = __name__
+        _STAGE_CLASSES[method] = cls
+    return _STAGE_CLASSES[method]
 
 
 # sensitivity: the kept weights spread over the layers by a scan on the validation split
-PRUNE_CRITERIA = {"unstructured": ("magnitude", "global", "threshold", "sensitivity"),
-                  "structured": ("l1", "l2", "apoz", "taylor")}
+PRUNE_CRITERIA = {"unstructured": UNSTRUCTURED_CRITERIA, "structured": tuple(c.value for c in ChannelCriterion)}
 
 
 @dataclass(frozen=True)
-class PruneStage:
+class PruneStage(_Forward):
     """Remove weights (``unstructured``) or whole channels (``structured``), then retrain."""
 
     mode: str = opt("unstructured", "choice", choices=tuple(PRUNE_CRITERIA))
     criterion: str | None = opt(None, "choice", choices=sum(PRUNE_CRITERIA.values(), ()), optional=True)
-    sparsity: float = opt(0.9, lo=0, hi=1, hi_open=True, tunable=True)
-    quality: float = opt(1.0, lo=0, tunable=True)
-    steps: int = opt(1, "integer", lo=1, tunable=True)
-    retrain_epochs: int = opt(5, "integer", lo=0, tunable=True)
-    retrain_lr: float = opt(0.01, lo=0, lo_open=True, tunable=True)
-    batch_size: int = opt(128, "integer", lo=1)
-    grad_clip: float | None = opt(None, lo=0, lo_open=True, optional=True)
+    compress: CompressConfig = nested(CompressConfig, expose=("prune", "steps", "retrain_epochs", "retrain_lr",
+                                                              "batch_size", "grad_clip"))
 
     def __post_init__(self) -> None:
         allowed = PRUNE_CRITERIA[self.mode]
@@ -140,68 +181,62 @@ class PruneStage:
             object.__setattr__(self, "criterion", allowed[0])
         elif self.criterion not in allowed:
             raise ConfigError(f"field 'criterion' must be one of: {', '.join(allowed)} with mode {self.mode}, got {self.criterion!r}")
-        if self.mode == "structured" and self.steps != 1:
+        if self.mode == "structured" and self.compress.steps != 1:
             raise ConfigError("field 'steps' must be 1 with mode structured (channels are removed once)")
+        if self.mode == "unstructured":
+            object.__setattr__(self, "compress", replace(self.compress, criterion=self.criterion))
 
 
 @dataclass(frozen=True)
-class QuantizeStage:
+class QuantizeStage(_Forward):
     """k-means weight sharing (``bits`` sets both layer types), then centroid fine-tuning with Adam."""
 
     bits: int | None = opt(None, "integer", lo=1, hi=16, optional=True, tunable=True)
-    bits_fc: int = opt(5, "integer", lo=1, hi=16, tunable=True)
-    bits_conv: int = opt(8, "integer", lo=1, hi=16, tunable=True)
-    init: str = opt("linear", "choice", choices=("linear", "density", "random"), tunable=True)
-    finetune_epochs: int = opt(3, "integer", lo=0, tunable=True)
-    finetune_lr: float = opt(1e-4, lo=0, lo_open=True, tunable=True)
-    batch_size: int = opt(128, "integer", lo=1)
+    compress: CompressConfig = nested(CompressConfig, expose=("quantize", "finetune_epochs", "finetune_lr", "batch_size"))
 
     def __post_init__(self) -> None:
         if self.bits is not None:
-            object.__setattr__(self, "bits_fc", self.bits)
-            object.__setattr__(self, "bits_conv", self.bits)
+            shared = replace(self.compress.quantize, bits_fc=self.bits, bits_conv=self.bits)
+            object.__setattr__(self, "compress", replace(self.compress, quantize=shared))
 
 
 @dataclass(frozen=True)
-class EncodeStage:
-    """The Deep Compression file: relative-index sparse storage, Huffman/ANS coded."""
+class EncodeStage(_Forward):
+    """The Deep Compression file: relative-index sparse storage, Huffman/ANS coded (``float16``: centroids,
+    biases and every other float rounded to float16, half their bytes)."""
 
-    index_bits_fc: int = opt(5, "integer", lo=1, hi=16, tunable=True)
-    index_bits_conv: int = opt(8, "integer", lo=1, hi=16, tunable=True)
-    float16: bool = opt(False, "bool")  # centroids, biases and every other float rounded to float16: half their bytes
+    coding: DeepCompressionConfig = nested(DeepCompressionConfig, expose=("index_bits_fc", "index_bits_conv", "float16"))
 
 
 @dataclass(frozen=True)
-class FactorizeStage:
+class FactorizeStage(_Forward):
     """Low-rank factorization (ranks by ``energy`` or ``flop_budget``), then fine-tuning."""
 
-    method: str = opt("svd", "choice", choices=("svd", "tucker", "cp"), tunable=True)
-    energy: float = opt(0.9, lo=0, hi=1, lo_open=True, tunable=True)
-    flop_budget: float | None = opt(None, lo=0, hi=1, lo_open=True, optional=True, tunable=True)
-    finetune_epochs: int = opt(3, "integer", lo=0, tunable=True)
-    lr: float = opt(0.01, lo=0, lo_open=True, tunable=True)
-    grad_clip: float | None = opt(1.0, lo=0, lo_open=True, optional=True)
-    batch_size: int = opt(128, "integer", lo=1)
+    factorize: FactorizeConfig = nested(FactorizeConfig, expose=("method", "energy", "flop_budget"))
+    finetune: ShrinkConfig = nested(ShrinkConfig, expose=("finetune_epochs", "lr", "grad_clip", "batch_size"))
 
 
 @dataclass(frozen=True)
-class Int8Stage:
+class Int8Stage(_Forward):
     """An int8 ONNX file: ``dynamic`` (no data), ``static`` (calibrated) or ``qat`` (fine-tuned with fake quantization)."""
 
-    mode: str = opt("dynamic", "choice", choices=("dynamic", "static", "qat"), tunable=True)
-    calibration: int = opt(512, "integer", lo=1)
-    epochs: int = opt(2, "integer", lo=1)
-    lr: float = opt(0.005, lo=0, lo_open=True)
-    opset: int = opt(17, "integer", lo=7)
+    int8: Int8Config = nested(Int8Config, expose=("mode", "calibration", "epochs", "lr", "opset"))
 
 
 @dataclass(frozen=True)
-class ExportStage:
-    """A float ONNX file, checked against PyTorch in ONNX Runtime."""
+class ExportConfig:
+    """A float ONNX file's export and its check against PyTorch in ONNX Runtime (``modelpress export``, recipe
+    ``export`` stage): ``|ort - torch| <= atol + rtol |torch|``."""
 
-    opset: int = opt(17, "integer", lo=7)
-    atol: float = opt(1e-4, lo=0, lo_open=True)
-    rtol: float = opt(1e-3, lo=0)
+    opset: int = opt(Int8Config.opset, "integer", lo=7, help="ONNX opset")
+    atol: float = opt(1e-4, lo=0, lo_open=True, help="float export check: |ort - torch| <= atol + rtol |torch|")
+    rtol: float = opt(1e-3, lo=0, help="float export check: relative tolerance")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+ExportStage = ExportConfig  # a float ONNX file, checked against PyTorch in ONNX Runtime
 
 
 @dataclass(frozen=True)

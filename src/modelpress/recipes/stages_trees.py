@@ -16,9 +16,9 @@ def flat_rows(x) -> np.ndarray:
 
 
 def run_tree(options: TreeStage, ctx: StageContext, source: str | None) -> StageOutput:
-    """Fit :class:`~modelpress.trees.BornAgainTreeClassifier` on the training split and save it with
-    :func:`~modelpress.trees.save_tree`; the ensemble's own test accuracy and size are recorded beside it."""
-    from modelpress.trees import BornAgainTreeClassifier, save_tree
+    """Fit :class:`~modelpress.tabular.trees.BornAgainTreeClassifier` on the training split and save it with
+    :func:`~modelpress.tabular.trees.save_tree`; the ensemble's own test accuracy and size are recorded beside it."""
+    from modelpress.tabular.trees import BornAgainTreeClassifier, save_tree
 
     splits = ctx.splits
     if source is not None:  # a network takes (B, *input_shape); the tree hands it flat rows

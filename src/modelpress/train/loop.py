@@ -111,22 +111,12 @@ def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def train(
-    model: nn.Module,
-    data: DataSplits | DataLoader,
-    config: TrainConfig = TrainConfig(),
-    *,
-    objective: Objective = cross_entropy_objective,
-    val_loader: DataLoader | None = None,
-    checkpoint_path: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    callbacks: Sequence[object] = (),
-    progress: bool | None = None,
-    log: Callable[[str], None] | None = None,
-    description: str = "train",
-    data_parallel: bool = True,
-    device: str | torch.device | None = None,
-) -> TrainResult:
+def train(model: nn.Module, data: DataSplits | DataLoader, config: TrainConfig = TrainConfig(), *,
+          objective: Objective = cross_entropy_objective, val_loader: DataLoader | None = None,
+          checkpoint_path: str | os.PathLike[str] | None = None, resume: bool = False,
+          callbacks: Sequence[object] = (), progress: bool | None = None, log: Callable[[str], None] | None = None,
+          description: str = "train", data_parallel: bool = True,
+          device: str | torch.device | None = None) -> TrainResult:
     """Train ``model`` in place.
 
     Args:
@@ -168,78 +158,126 @@ def train(
     dp = DataParallel.launch() if data_parallel else None  # first: it assigns this rank's GPU
     device = resolve_device(device, model)
     with placed_on(device, model, objective, callbacks):  # and back where the caller had them
-        show = _show_progress(progress)
-        if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
-            log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
-        if dp is not None and not dp.is_main:  # rank 0 alone reports
-            show, log = False, (lambda line: None)
-        if isinstance(data, DataSplits):
-            train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
-            val_loader = data.loader("val", 1024) if len(data.y_val) else None
-        else:
-            train_loader = data
-        if config.patience is not None and val_loader is None:
-            raise ConfigError("patience (early stopping) needs validation data")
-        if dp is not None:
-            train_loader = dp.shard(train_loader, config.seed)
-        elif config.grad_compression is not None:
-            log(f"grad_compression={config.grad_compression.value} has no effect in a single process (launch with torchrun)")
-
-        hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
-        if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
-            callbacks = (objective, *callbacks)  # an objective that follows the epoch (e.g. early-stopped KD) is a callback too
+        plan = _plan(data, config, objective, val_loader, callbacks, progress, log, dp, checkpoint_path, description)
         run = _Run(model, objective, config, device)
         torch.manual_seed(config.seed)
-        start_epoch = 0
-        if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-            start_epoch = run.restore(checkpoint_path)
-            log(f"resumed from {checkpoint_path} after epoch {start_epoch}")
-        if dp is not None:  # after restoring, before any validation: DDP gives every rank rank 0's weights
-            run.loss_fn = dp.wrap(model, objective, run.params, compression=config.grad_compression, seed=config.seed,
-                                  powersgd_rank=config.powersgd_rank, powersgd_start_iter=config.powersgd_start_iter,
-                                  terngrad_clip=config.terngrad_clip)
-
-        # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
-        # epochs are not candidates for "best", or restoring them would undo its work
-        settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in callbacks), default=0)
-        if config.restore_best and val_loader is not None and start_epoch == 0 and settle_step == 0:
-            # the starting weights are a candidate too: retraining or fine-tuning (e.g. of shared
-            # centroids at a too-high learning rate) must never hand back a model worse than it got
-            run.track_best(-1, _validate(model, val_loader, device)[1])
-        for epoch in range(start_epoch, config.epochs):
-            for cb in callbacks:
-                getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
-            if dp is not None:
-                dp.seed_epoch(config.seed, epoch)
-            started = time.perf_counter()
-            bar = tqdm(train_loader, desc=f"{description} {epoch + 1}/{config.epochs}", leave=False, disable=not show, file=sys.stderr)
-            metrics = run.train_epoch(epoch, bar, callbacks, checkpoint_path)
-            bar.close()
-            if val_loader is not None:
-                metrics["val_loss"], metrics["val_accuracy"] = _validate(model, val_loader, device)
-            if dp is not None:  # averaged, so every rank picks the same best epoch and stops together
-                metrics = dp.reduce(metrics)
-            if val_loader is not None and run.step >= settle_step:
-                run.track_best(epoch, metrics["val_accuracy"])
-            metrics["seconds"] = time.perf_counter() - started
-            run.result.history.append(metrics)
-            log(_format_epoch(metrics, config.epochs))
-            stop = config.patience is not None and run.bad_epochs >= config.patience
-            if checkpoint_path is not None and (dp is None or dp.is_main):
-                run.save(checkpoint_path, finished=stop)
-            for cb in callbacks:
-                getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
-            if stop:
-                run.result.stopped_early = True
-                log(f"early stopping: no validation improvement for {config.patience} epochs")
-                break
-
+        start_epoch = _start(run, plan, resume)
+        _run_epochs(run, plan, start_epoch)
         if dp is not None:
             dp.close()
         if config.restore_best and run.best_state is not None:
             model.load_state_dict(run.best_state)
         model.eval()
         return run.result
+
+
+@dataclass
+class _Plan:
+    """What :func:`train` settles before its first epoch: the batches, the callbacks and who reports."""
+
+    train_loader: Iterable
+    val_loader: DataLoader | None
+    callbacks: tuple
+    log: Callable[[str], None]
+    show: bool
+    dp: DataParallel | None
+    checkpoint_path: str | os.PathLike[str] | None
+    description: str
+
+
+def _reporting(progress: bool | None, log: Callable[[str], None] | None, dp: DataParallel | None):
+    """``(show a progress bar, epoch-line sink)``; under torchrun rank 0 alone reports."""
+    show = _show_progress(progress)
+    if log is None:  # epoch lines go to stderr even without a terminal (e.g. a log file), unless progress=False
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
+    if dp is not None and not dp.is_main:
+        show, log = False, (lambda line: None)
+    return show, log
+
+
+def _plan(data, config: TrainConfig, objective: Objective, val_loader, callbacks, progress, log, dp,
+          checkpoint_path, description: str) -> _Plan:
+    """The loaders (sharded under torchrun), the callbacks (the objective's hooks first) and reporting.
+
+    Raises:
+        ConfigError: early stopping asked for without validation data.
+    """
+    show, log = _reporting(progress, log, dp)
+    if isinstance(data, DataSplits):
+        train_loader = data.loader("train", config.batch_size, shuffle=True, seed=config.seed)
+        val_loader = data.loader("val", 1024) if len(data.y_val) else None
+    else:
+        train_loader = data
+    if config.patience is not None and val_loader is None:
+        raise ConfigError("patience (early stopping) needs validation data")
+    if dp is not None:
+        train_loader = dp.shard(train_loader, config.seed)
+    elif config.grad_compression is not None:
+        log(f"grad_compression={config.grad_compression.value} has no effect in a single process (launch with torchrun)")
+    callbacks = tuple(callbacks)
+    hooks = ("on_epoch_start", "on_batch_end", "on_epoch_end")
+    if any(hasattr(objective, h) for h in hooks) and not any(cb is objective for cb in callbacks):
+        callbacks = (objective, *callbacks)  # an objective that follows the epoch (e.g. early-stopped KD) is a callback too
+    return _Plan(train_loader, val_loader, callbacks, log, show, dp, checkpoint_path, description)
+
+
+def _start(run: _Run, plan: _Plan, resume: bool) -> int:
+    """Restore a checkpoint when resuming, then wrap the model for DDP; returns the first epoch to run."""
+    start_epoch = 0
+    if resume and plan.checkpoint_path is not None and os.path.exists(plan.checkpoint_path):
+        start_epoch = run.restore(plan.checkpoint_path)
+        plan.log(f"resumed from {plan.checkpoint_path} after epoch {start_epoch}")
+    if plan.dp is not None:  # after restoring, before any validation: DDP gives every rank rank 0's weights
+        config = run.config
+        run.loss_fn = plan.dp.wrap(run.model, run.objective, run.params, compression=config.grad_compression,
+                                   seed=config.seed, powersgd_rank=config.powersgd_rank,
+                                   powersgd_start_iter=config.powersgd_start_iter, terngrad_clip=config.terngrad_clip)
+    return start_epoch
+
+
+def _run_epochs(run: _Run, plan: _Plan, start_epoch: int) -> None:
+    """Epochs ``start_epoch .. config.epochs - 1``, or until early stopping."""
+    # a callback that still reshapes the model (e.g. gradual pruning) says until which step; earlier
+    # epochs are not candidates for "best", or restoring them would undo its work
+    settle_step = max((int(getattr(cb, "settles_at_step", 0)) for cb in plan.callbacks), default=0)
+    if run.config.restore_best and plan.val_loader is not None and start_epoch == 0 and settle_step == 0:
+        # the starting weights are a candidate too: retraining or fine-tuning (e.g. of shared
+        # centroids at a too-high learning rate) must never hand back a model worse than it got
+        run.track_best(-1, _validate(run.model, plan.val_loader, run.device)[1])
+    for epoch in range(start_epoch, run.config.epochs):
+        if _one_epoch(run, plan, epoch, settle_step):
+            run.result.stopped_early = True
+            plan.log(f"early stopping: no validation improvement for {run.config.patience} epochs")
+            break
+
+
+def _one_epoch(run: _Run, plan: _Plan, epoch: int, settle_step: int) -> bool:
+    """Train, validate, record, checkpoint and call back for one epoch; returns whether to stop early."""
+    config, model, dp = run.config, run.model, plan.dp
+    for cb in plan.callbacks:
+        getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
+    if dp is not None:
+        dp.seed_epoch(config.seed, epoch)
+    started = time.perf_counter()
+    bar = tqdm(plan.train_loader, desc=f"{plan.description} {epoch + 1}/{config.epochs}", leave=False,
+               disable=not plan.show, file=sys.stderr)
+    metrics = run.train_epoch(epoch, bar, plan.callbacks, plan.checkpoint_path)
+    bar.close()
+    if plan.val_loader is not None:
+        metrics["val_loss"], metrics["val_accuracy"] = _validate(model, plan.val_loader, run.device)
+    if dp is not None:  # averaged, so every rank picks the same best epoch and stops together
+        metrics = dp.reduce(metrics)
+    if plan.val_loader is not None and run.step >= settle_step:
+        run.track_best(epoch, metrics["val_accuracy"])
+    metrics["seconds"] = time.perf_counter() - started
+    run.result.history.append(metrics)
+    plan.log(_format_epoch(metrics, config.epochs))
+    stop = config.patience is not None and run.bad_epochs >= config.patience
+    if plan.checkpoint_path is not None and (dp is None or dp.is_main):
+        run.save(plan.checkpoint_path, finished=stop)
+    for cb in plan.callbacks:
+        getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, metrics)
+    return stop
 
 
 class _Run:

@@ -24,8 +24,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from modelpress.core.errors import ConfigError
-from modelpress.distill.synthetic import categorical_mask, teacher_transfer_set
-from modelpress.trees.pruning import FULL_TREE, leaf_alphas, subtree_errors
+from modelpress.tabular.synthetic import categorical_mask, teacher_transfer_set
+from modelpress.tabular.trees.pruning import FULL_TREE, leaf_alphas, subtree_errors
 
 __all__ = ["PRUNE_CHOICES", "BornAgainTreeClassifier"]
 
@@ -40,12 +40,12 @@ class BornAgainTreeClassifier(ClassifierMixin, BaseEstimator):
             (fitted: used as is; unfitted: a clone is fitted on ``X, y``), an ``nn.Module``, or a
             list of these (probabilities averaged).
         synthetic, n_synthetic, p, s, scale, categorical_features: the synthetic rows, see
-            :func:`modelpress.distill.synthetic.make_synthetic`.
+            :func:`modelpress.tabular.synthetic.make_synthetic`.
         max_depth, max_leaf_nodes, min_samples_leaf, criterion: CART growth limits, for a tree a
             person can read.
         prune: ``"train"``, the subtree of the cost-complexity path with the lowest error on the
             real training rows; ties go to the smaller tree. Every subtree on the path is scored, from
-            one grown tree (:mod:`modelpress.trees.pruning`). Or ``"none"``.
+            one grown tree (:mod:`modelpress.tabular.trees.pruning`). Or ``"none"``.
         random_state: seeds the teacher, the synthetic rows and the tree.
 
     Attributes:

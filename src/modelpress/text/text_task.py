@@ -24,10 +24,15 @@ from torch import nn
 from modelpress.core.seed import seed_everything
 from modelpress.data.text import TextSplits
 from modelpress.data.tokens import model_inputs, text_loader
-from modelpress.distill.tinybert import TinyBERTConfig, TinyBERTProjections, general_distillation, task_distillation
-from modelpress.distill.transformer import Encoder, TextClassifier, encode_texts, mean_pool
 from modelpress.measure import count_params
 from modelpress.measure.text import embedding_agreement, time_call
+from modelpress.text.tinybert import (
+    TinyBERTConfig,
+    TinyBERTProjections,
+    general_distillation,
+    task_distillation,
+)
+from modelpress.text.transformer import Encoder, TextClassifier, encode_texts, mean_pool
 from modelpress.train import TrainConfig, TrainResult, train
 
 __all__ = ["TinyBERTResult", "compare_text_models", "distill_encoder", "fit_linear_head", "text_accuracy",
@@ -188,7 +193,7 @@ def distill_encoder(teacher: Encoder, student: Encoder, general_texts: Sequence[
 
     Args:
         teacher: the pretrained encoder (e.g. ``load_encoder("minilm")``).
-        student: from :func:`modelpress.distill.transformer.make_student`; trained in place.
+        student: from :func:`modelpress.text.transformer.make_student`; trained in place.
         general_texts: unlabelled texts for stage 1 (keep the task's held-out texts out of them).
         task: labelled texts for stage 2 and the teacher's head.
         config: see :class:`TinyBERTConfig`.

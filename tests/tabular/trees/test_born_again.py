@@ -12,8 +12,15 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from modelpress.core.errors import ConfigError, ModelFileError, ShapeError
-from modelpress.trees import BornAgainTreeClassifier, fit_cart, leaf_alphas, load_tree, save_tree, subtree_errors
-from modelpress.trees.pruning import FULL_TREE
+from modelpress.tabular.trees import (
+    BornAgainTreeClassifier,
+    fit_cart,
+    leaf_alphas,
+    load_tree,
+    save_tree,
+    subtree_errors,
+)
+from modelpress.tabular.trees.pruning import FULL_TREE
 
 SMALL = dict(teacher=RandomForestClassifier(n_estimators=10, random_state=0), n_synthetic=300, random_state=0)
 
@@ -103,7 +110,7 @@ def test_tree_file_round_trip_and_damage(tmp_path):
 
 
 def test_a_cycle_in_the_node_arrays_is_refused_even_with_a_valid_checksum(tmp_path):
-    from modelpress.trees.io import _digest
+    from modelpress.tabular.trees.io import _digest
 
     x, y = make_classification(100, 4, random_state=3)
     path = save_tree(BornAgainTreeClassifier(**SMALL).fit(x, y), tmp_path / "tree.json")

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from modelpress.core.errors import ModelFileError
-from modelpress.distill.transformer import Encoder, TextClassifier, load_encoder
+from modelpress.text.transformer import Encoder, TextClassifier, load_encoder
 
 __all__ = ["LoadedStudent", "load_student", "save_student"]
 

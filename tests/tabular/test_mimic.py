@@ -15,8 +15,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from modelpress.core.errors import ConfigError, ShapeError
-from modelpress.distill.mimic import MimicMLPClassifier
-from modelpress.distill.proba_teacher import ProbaTeacher, fit_teacher
+from modelpress.tabular.mimic import MimicMLPClassifier
+from modelpress.tabular.proba_teacher import ProbaTeacher, fit_teacher
 
 SMALL = dict(hidden_layer_sizes=(16,), n_synthetic=200, max_epochs=15, batch_size=32, learning_rate=0.01, n_iter_no_change=5,
              random_state=0)

@@ -25,7 +25,7 @@ from torch import nn
 from modelpress.core.config import coerce_enum
 from modelpress.core.errors import ConfigError, ModelFileError, ModelpressError
 from modelpress.data.tokens import model_inputs, text_loader
-from modelpress.distill.transformer_losses import uniform_layer_map
+from modelpress.text.transformer_losses import uniform_layer_map
 
 __all__ = ["Encoder", "StudentInit", "TextClassifier", "attention_modules", "encode_texts", "load_encoder",
            "make_student", "mean_pool", "minilm_path"]
@@ -111,7 +111,7 @@ def load_encoder(path_or_name: str | os.PathLike[str]) -> Encoder:
 
     Args:
         path_or_name: ``"minilm"`` or a folder written by ``save_pretrained`` (``config.json``, weights,
-            tokenizer files), e.g. a student saved by :func:`modelpress.distill.tinybert.save_student`.
+            tokenizer files), e.g. a student saved by :func:`modelpress.text.tinybert.save_student`.
 
     Returns:
         An :class:`Encoder` in eval mode.
@@ -255,7 +255,7 @@ class TextClassifier(nn.Module):
         self.tokenizer = tokenizer  # a plain attribute: batches are built with it, it is not a weight
 
     @classmethod
-    def from_encoder(cls, encoder: Encoder, num_classes: int, *, normalize: bool = True) -> "TextClassifier":
+    def from_encoder(cls, encoder: Encoder, num_classes: int, *, normalize: bool = True) -> TextClassifier:
         """A classifier over ``encoder.model`` that carries ``encoder.tokenizer``."""
         return cls(encoder.model, num_classes, tokenizer=encoder.tokenizer, normalize=normalize)
 

@@ -2,7 +2,7 @@
 Distilling BERT for Natural Language Understanding").
 
 1. General distillation on unlabelled text: the student's embedding layer, hidden states and attention
-   maps are fitted to the teacher's (:mod:`modelpress.distill.transformer_losses`) through learned
+   maps are fitted to the teacher's (:mod:`modelpress.text.transformer_losses`) through learned
    projections from the student's width to the teacher's; student layer ``m`` learns from teacher layer
    ``g(m)`` of the uniform mapping.
 2. Task-specific distillation on the task's texts: first the same intermediate losses, then the
@@ -36,9 +36,14 @@ from modelpress.data.text import TextSplits
 from modelpress.data.tokens import model_inputs, text_loader
 from modelpress.distill.features import FeatureTap
 from modelpress.distill.losses import soft_target_loss
-from modelpress.distill.transformer import TextClassifier, attention_modules
-from modelpress.distill.transformer_losses import (attention_loss, attention_probabilities, attention_scores,
-                                                   masked_mse, uniform_layer_map)
+from modelpress.text.transformer import TextClassifier, attention_modules
+from modelpress.text.transformer_losses import (
+    attention_loss,
+    attention_probabilities,
+    attention_scores,
+    masked_mse,
+    uniform_layer_map,
+)
 from modelpress.train import TrainConfig, TrainResult, train
 
 __all__ = ["AttentionTarget", "Stage", "TinyBERTConfig", "TinyBERTObjective", "TinyBERTProjections",

@@ -1,7 +1,7 @@
 """``MimicMLPClassifier``: compress any classifier into a small MLP (Bucila, Caruana et al., 2006).
 
 The teacher (a forest, a boosted ensemble, a pipeline, a list of them, or a network) labels the
-training rows plus a large synthetic set drawn near them (:mod:`modelpress.distill.synthetic`).
+training rows plus a large synthetic set drawn near them (:mod:`modelpress.tabular.synthetic`).
 A one-hidden-layer MLP is trained to match those labels. The teacher's knowledge of the space
 between the examples is what the student gains over training on the labels alone.
 
@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 from torch import nn
 
 from modelpress.core.errors import ConfigError
-from modelpress.distill.synthetic import categorical_mask, teacher_transfer_set
+from modelpress.tabular.synthetic import categorical_mask, teacher_transfer_set
 
 __all__ = ["MIMIC_TARGETS", "MimicMLPClassifier", "TabularMLP"]
 

