@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, make_dataclass, replace
 from typing import Any
 
 from modelpress.core.errors import ConfigError
+from modelpress.core.options import check_declared
 from modelpress.core.options import Nested, check_declared, flat_fields, nested
 from modelpress.distill.methods import METHODS, with_seed
 from modelpress.factorize.core import FactorizeConfig, ShrinkConfig
@@ -253,6 +254,9 @@ class TreeStage:
     min_samples_leaf: int = opt(1, "integer", lo=1, tunable=True)
     prune: str = opt("train", "choice", choices=("train", "none"), tunable=True)
 
+    def __post_init__(self) -> None:
+        check_declared(self)
+
 
 STAGE_KINDS: dict[str, type] = {"train": TrainStage, "load": LoadStage, "distill": DistillStage, "prune": PruneStage,
                                 "quantize": QuantizeStage, "encode": EncodeStage, "factorize": FactorizeStage,
@@ -287,3 +291,6 @@ class ObjectiveSection:
     stage: str | None = opt(None, "text", optional=True, help="the name of the stage whose model counts")
     max_bytes: int | None = opt(None, "integer", lo=1, optional=True)
     penalty: float = opt(1.0, lo=0)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
